@@ -34,9 +34,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "kegboard-monitor=kegtwist.tools.monitor:main",
-            "kegboard-info=kegtwist.tools.info:main",
-            "kegboard-set-serial=kegtwist.tools.set_serial:main",
+            "kegboard-monitor=kegtwist.tools.monitor:cli",
+            "kegboard-info=kegtwist.tools.info:cli",
+            "kegboard-set-serial=kegtwist.tools.set_serial:cli",
         ],
     },
     classifiers=[

@@ -268,9 +268,7 @@ class SetSerialNumber:
     """Host command; the board accepts it only while it has no serial."""
 
     MESSAGE_ID: ClassVar[int] = 0x85
-    FIELDS: ClassVar[tuple[FieldSpec, ...]] = (
-        FieldSpec(0x01, "serial_number", "str", True),
-    )
+    FIELDS: ClassVar[tuple[FieldSpec, ...]] = (FieldSpec(0x01, "serial_number", "str", True),)
     serial_number: str
 
 
@@ -464,7 +462,9 @@ class Decoder:
             message_id, length = unpack_header(buf, start + 8)
             if length > MAX_PAYLOAD_LEN:
                 pos = start + self._reject(
-                    out, "framing", f"payload length {length} > {MAX_PAYLOAD_LEN}",
+                    out,
+                    "framing",
+                    f"payload length {length} > {MAX_PAYLOAD_LEN}",
                     buf[start : start + HEADER_LEN],
                 )
                 continue

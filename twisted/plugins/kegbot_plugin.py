@@ -1,0 +1,10 @@
+"""Registers ``twistd kegbot``; the real code loads only when it runs."""
+
+from twisted.application.service import ServiceMaker
+
+kegbot = ServiceMaker(
+    "kegbot",
+    "kegtwist.tap",
+    "Kegbot core: Kegboards, pours, valves, Kegnet and the Kegbot Server",
+    "kegbot",
+)
