@@ -1,0 +1,45 @@
+"""The pure core: pours, tokens, valves and temperatures (no I/O, no clock)."""
+
+from .config import AuthDevice, AuthSettings, CoreConfig, PourSettings, TapConfig, ThermoSettings
+from .machine import Core, CoreStats
+from .model import (
+    CoreInput,
+    Effect,
+    FlowRequest,
+    LookupToken,
+    Notice,
+    PourSnapshot,
+    PourUpdate,
+    RecordDrink,
+    RecordTemperature,
+    RegisterController,
+    SensorState,
+    SetRelay,
+    TapsChanged,
+    TokenLookupResult,
+)
+
+__all__ = [
+    "AuthDevice",
+    "AuthSettings",
+    "Core",
+    "CoreConfig",
+    "CoreInput",
+    "CoreStats",
+    "Effect",
+    "FlowRequest",
+    "LookupToken",
+    "Notice",
+    "PourSettings",
+    "PourSnapshot",
+    "PourUpdate",
+    "RecordDrink",
+    "RecordTemperature",
+    "RegisterController",
+    "SensorState",
+    "SetRelay",
+    "TapConfig",
+    "TapsChanged",
+    "ThermoSettings",
+    "TokenLookupResult",
+]
