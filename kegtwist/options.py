@@ -1,49 +1,159 @@
-"""Command-line options of ``twistd kegbot``."""
+"""Command-line options of ``twistd kegbot``, merged with the config file.
+
+Precedence, highest first: the command line, the ``--config`` TOML file
+(same names, dashes as underscores), the environment variables the classic
+daemons read (``KEGBOT_API_URL`` ...), the defaults.  Options register here
+once, with their default, their environment variable and how to check a
+value, and the help, the file and the merge all follow from that.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.python import usage
 
+from . import settings
 from .board import BoardSpec, parse_board_spec, parse_board_specs
+from .core.config import CoreConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One daemon option: command line, config file and environment."""
+
+    name: str  # as in the config file: underscores
+    doc: str
+    default: Any
+    parse: Callable[[str], Any]  # command-line / environment text -> value
+    check: settings.Check  # config-file value -> value
+    env: str | None = None
+    shown_default: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+
+def _text(value: str) -> str:
+    if not value:
+        raise ValueError("empty value")
+    return value
+
+
+def _spec_list(where: str, value: Any) -> tuple[str, ...]:
+    specs = settings._string_list(where, value)
+    for spec in specs:
+        try:
+            parse_board_spec(spec)
+        except ValueError as e:
+            raise settings.ConfigError(f"{where}: {e}") from None
+    return specs
+
+
+OPTIONS: list[Option] = []
+
+
+def register(option: Option) -> Option:
+    OPTIONS.append(option)
+    settings.option(option.name, option.check)
+    return option
+
+
+register(
+    Option(
+        "kegboard",
+        "A Kegboard to use: a device path, a glob, tcp:HOST:PORT (ser2net), 'auto' "
+        "(/dev/ttyUSB* and /dev/ttyACM*) or 'none'. Repeatable.",
+        ("auto",),
+        lambda v: (v,),
+        _spec_list,
+        shown_default="auto",
+    )
+)
 
 
 class Options(usage.Options):
-    """Options for the kegbot service; each documents its default."""
+    """Options for the kegbot service; ``--help`` shows each default."""
 
     synopsis = "[options]"
     longdesc = (
-        "Kegbot core: reads Kegboards on serial ports, turns meter ticks into "
-        "drinks and keeps valves closed unless an authorised drinker pours."
+        "Kegbot core: reads Kegboards on serial ports, turns meter ticks into drinks "
+        "and keeps valves closed unless an authorised drinker pours. "
+        "Precedence: command line, then --config file, then environment, then defaults."
     )
+    optParameters: list[list[Any]] = [
+        ["config", "c", None, "A TOML config file (see tap-configs/kegbot.toml)."]
+    ]
 
     def __init__(self) -> None:
+        self._explicit: set[str] = set()
+        self._kegboards: list[str] = []
         super().__init__()
-        self["kegboard"] = []
+        self.settings: dict[str, Any] = {}
+        self.core_config = CoreConfig()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        # usage.Options stores every parsed command-line value through here.
+        self._explicit.add(key)
+        super().__setitem__(key, value)
 
     def opt_kegboard(self, value: str) -> None:
         try:
             parse_board_spec(value)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        self["kegboard"].append(value)
+        self._kegboards.append(value)
+        self._explicit.add("kegboard")
 
-    opt_kegboard.__doc__ = (
-        "A Kegboard to use: a device path, a glob, tcp:HOST:PORT (ser2net), "
-        "'auto' (/dev/ttyUSB* and /dev/ttyACM*) or 'none'. Repeatable. [default: auto]"
-    )
+    opt_kegboard.__doc__ = OPTIONS[0].doc + " [default: auto]"
 
     def postOptions(self) -> None:
         try:
-            self["board_specs"] = parse_board_specs(self["kegboard"])
-        except ValueError as e:
+            self._resolve()
+        except (settings.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+
+    def _resolve(self) -> None:
+        file_settings = settings.FileSettings()
+        if self["config"]:
+            file_settings = settings.load(self["config"])
+        self.core_config = file_settings.core
+        for option in OPTIONS:
+            if option.name == "kegboard" and self._kegboards:
+                value: Any = tuple(self._kegboards)
+            elif option.flag in self._explicit:
+                value = self[option.flag]
+            elif option.name in file_settings.options:
+                value = file_settings.options[option.name]
+            elif option.env and os.environ.get(option.env):
+                try:
+                    value = option.parse(os.environ[option.env])
+                except ValueError as e:
+                    raise settings.ConfigError(f"${option.env}: {e}") from None
+            else:
+                value = option.default
+            self.settings[option.name] = value
+        self.settings["board_specs"] = parse_board_specs(list(self.settings["kegboard"]))
 
     @property
     def board_specs(self) -> list[BoardSpec]:
-        specs: list[BoardSpec] = self["board_specs"]
+        specs: list[BoardSpec] = self.settings["board_specs"]
         return specs
 
-    def __getitem__(self, key: str) -> Any:
-        return super().__getitem__(key)
+
+def _add_parameters() -> None:
+    """Every registered option but the repeatable ones is a parameter."""
+    for option in OPTIONS:
+        if option.name == "kegboard":
+            continue
+        env = f"${option.env}, else " if option.env else ""
+        shown = option.shown_default if option.shown_default is not None else option.default
+        doc = f"{option.doc} [default: {env}{shown}]"
+        Options.optParameters.append([option.flag, None, None, doc, option.parse])
+
+
+_add_parameters()

@@ -18,12 +18,14 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from . import kbsp
 
 RELAY_WATCHDOG_SECONDS = 10.0
 RELAY_COUNT = 6
+HELLO_HEARTBEAT_SECONDS = 10.0
 
 
 @dataclass
@@ -124,6 +126,8 @@ class PtyKegboard:
         reactor: Any,
         board: SimulatedKegboard | None = None,
         clock: IReactorTime | None = None,
+        *,
+        heartbeat_seconds: float | None = HELLO_HEARTBEAT_SECONDS,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
@@ -140,6 +144,12 @@ class PtyKegboard:
         self._expiry: IDelayedCall | None = None
         self.on_receive: Callable[[kbsp.Message], None] | None = None
         reactor.addReader(self)
+        self._heartbeat: LoopingCall | None = None
+        if heartbeat_seconds:
+            # The firmware says hello every 10 s whether asked or not.
+            self._heartbeat = LoopingCall(self.send_hello)
+            self._heartbeat.clock = self.clock
+            self._heartbeat.start(heartbeat_seconds, now=False)
 
     # IReadDescriptor
 
@@ -213,6 +223,8 @@ class PtyKegboard:
         if self.closed:
             return
         self.closed = True
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self.reactor.removeReader(self)

@@ -1,0 +1,217 @@
+"""The Twisted side of the core: feeds it inputs with the time, runs effects.
+
+The core is pure; this service owns the clock.  After every input it
+schedules one DelayedCall for exactly the core's next deadline (no polling),
+and it executes effects: valve commands go to a relay driver (the board
+service, or Kegnet in the ``core`` role), token lookups to a resolver (the
+Kegbot Server), and everything else to listeners (logs, the outbox, Kegnet).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .core import (
+    Core,
+    CoreInput,
+    Effect,
+    LookupToken,
+    Notice,
+    PourUpdate,
+    RecordDrink,
+    SensorState,
+    SetRelay,
+    TokenLookupResult,
+)
+
+RelayDriver = Callable[[str, bool], bool]
+TokenResolver = Callable[[str, str], "defer.Deferred[TokenLookupResult]"]
+EffectListener = Callable[[Effect], None]
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+class CoreService(Service):
+    """Runs a :class:`~kegtwist.core.Core` on a reactor clock."""
+
+    log: ClassVar[Logger] = Logger()
+    name = "core"
+
+    def __init__(
+        self,
+        core: Core,
+        clock: IReactorTime,
+        *,
+        relay_driver: RelayDriver | None = None,
+        token_resolver: TokenResolver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.relay_driver = relay_driver
+        self.token_resolver = token_resolver
+        self.monotonic = monotonic
+        self.wall = wall
+        self.listeners: list[EffectListener] = []
+        self._call: IDelayedCall | None = None
+        self._scheduled: float | None = None
+        self._stopped = False
+        self._busy = False
+        self._queue: list[CoreInput] = []
+
+    # inputs
+
+    def feed(self, item: CoreInput) -> None:
+        """One input, now.  Safe to call from any callback, effects included:
+        an input that arrives while effects run waits for them to finish."""
+        if self._stopped:
+            return
+        if self._busy:
+            self._queue.append(item)
+            return
+        self._run(lambda: self.core.handle(item, self.monotonic(), self.wall()))
+
+    def _wake(self) -> None:
+        self._call = None
+        self._scheduled = None
+        if not self._stopped:
+            self._run(lambda: self.core.advance(self.monotonic(), self.wall()))
+
+    def _run(self, step: Callable[[], list[Effect]]) -> None:
+        self._busy = True
+        try:
+            self._execute(step())
+            while self._queue:
+                item = self._queue.pop(0)
+                self._execute(self.core.handle(item, self.monotonic(), self.wall()))
+        finally:
+            self._busy = False
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline == self._scheduled:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._scheduled = deadline
+        if deadline is not None:
+            self._call = self.clock.callLater(max(0.0, deadline - self.monotonic()), self._wake)
+
+    # effects
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, SetRelay):
+                self._set_relay(effect)
+            elif isinstance(effect, LookupToken):
+                self._lookup(effect)
+            elif isinstance(effect, Notice):
+                getattr(self.log, effect.level)(effect.message, **effect.fields)
+            elif isinstance(effect, PourUpdate):
+                self._log_pour(effect)
+            elif isinstance(effect, RecordDrink):
+                self.log.info(
+                    "Drink: flow {flow_id} on {meter}: {ticks} ticks, {volume_ml:.1f} mL, "
+                    "{user}, {start} to {end} ({reason})",
+                    flow_id=effect.flow_id,
+                    meter=effect.meter_name,
+                    ticks=effect.ticks,
+                    volume_ml=effect.volume_ml,
+                    user=effect.username or "guest",
+                    start=_iso(effect.start_wall),
+                    end=_iso(effect.end_wall),
+                    reason=effect.reason,
+                )
+            elif isinstance(effect, SensorState):
+                self.log.warn(
+                    "Temperature sensor {sensor} {state}",
+                    sensor=effect.sensor_name,
+                    state="lost: silent for 2 minutes" if effect.lost else "is back",
+                )
+            for listener in self.listeners:
+                try:
+                    listener(effect)
+                except Exception:
+                    self.log.failure("Effect listener failed on {effect}", effect=effect)
+
+    def _set_relay(self, effect: SetRelay) -> None:
+        level = self.log.debug if effect.reason == "refresh" else self.log.info
+        sent = self.relay_driver(effect.relay_name, effect.on) if self.relay_driver else False
+        level(
+            "Valve {relay} {state} ({reason}){missing}",
+            relay=effect.relay_name,
+            state="open" if effect.on else "closed",
+            reason=effect.reason,
+            missing="" if sent else ": no board to send it to",
+        )
+
+    def _lookup(self, effect: LookupToken) -> None:
+        device, value = effect.auth_device, effect.token_value
+        if self.token_resolver is None:
+            self.feed(TokenLookupResult(device, value, error="no Kegbot Server configured"))
+            return
+        try:
+            d = self.token_resolver(device, value)
+        except Exception as e:  # a resolver bug must not stop the core
+            d = defer.fail(e)
+
+        def failed(failure: Failure) -> TokenLookupResult:
+            return TokenLookupResult(
+                device, value, error=failure.getErrorMessage() or "lookup failed"
+            )
+
+        d.addErrback(failed)
+        d.addCallback(self.feed)
+
+    def _log_pour(self, effect: PourUpdate) -> None:
+        pour = effect.pour
+        if effect.state == "completed":
+            self.log.info(
+                "Pour {flow_id} on {meter} ended ({reason}): {ticks} ticks, {volume_ml:.1f} mL{extra}",
+                flow_id=pour.flow_id,
+                meter=pour.meter_name,
+                reason=effect.reason,
+                ticks=pour.ticks,
+                volume_ml=pour.volume_ml,
+                extra="" if effect.recorded else ", not recorded (too small)",
+            )
+        elif pour.ticks == 0 or pour.duration_seconds == 0:
+            self.log.info(
+                "Pour {flow_id} on {meter} started ({user})",
+                flow_id=pour.flow_id,
+                meter=pour.meter_name,
+                user=pour.username or "anonymous",
+            )
+        else:
+            self.log.debug("Pour {flow_id}: {ticks} ticks", flow_id=pour.flow_id, ticks=pour.ticks)
+
+    # lifecycle
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        """End pours (recorded) and close every valve the core opened."""
+        super().stopService()
+        if self._stopped:
+            return None
+        self._execute(self.core.shutdown(self.monotonic(), self.wall()))
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"pours": self.core.pour_snapshots(), "stats": self.core.stats}

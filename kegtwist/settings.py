@@ -1,0 +1,212 @@
+"""The TOML config file: parsed, checked, and turned into settings.
+
+Every key is known; an unknown key or a value of the wrong type stops
+start-up with one line naming the key and the file, because a typo in a
+valve or pour setting must not silently fall back to a default.
+
+The file's top level takes the daemon's command-line options (same names,
+dashes as underscores, e.g. ``kegboard = ["/dev/ttyUSB0"]``) and the tables
+``[pours]``, ``[auth]`` (with ``[auth.devices."core.rfid"]`` and so on) and
+``[[taps]]``.  ``tap-configs/kegbot.toml`` shows them all.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .core.config import (
+    DEFAULT_AUTH_DEVICES,
+    AuthDevice,
+    AuthSettings,
+    CoreConfig,
+    PourSettings,
+    TapConfig,
+)
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the person who wrote the file."""
+
+
+Check = Callable[[str, Any], Any]
+
+
+def _number(minimum: float | None = None, positive: bool = False) -> Check:
+    def check(where: str, value: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if positive and value <= 0:
+            raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{where}: must be at least {minimum:g}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _integer(minimum: int = 0) -> Check:
+    def check(where: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{where}: must be at least {minimum}, got {value!r}")
+        return value
+
+    return check
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _boolean(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _string_list(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _choice(*choices: str) -> Check:
+    def check(where: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+POURS: dict[str, Check] = {
+    "idle_seconds": _number(positive=True),
+    "min_volume_ml": _number(minimum=0),
+    "max_delta_ticks": _integer(minimum=1),
+    "max_pour_seconds": _number(positive=True),
+    "valve_refresh_seconds": _number(positive=True),
+}
+AUTH: dict[str, Check] = {
+    "offline_policy": _choice("deny", "cached"),
+    "offline_cache_seconds": _number(minimum=0),
+}
+AUTH_DEVICE: dict[str, Check] = {
+    "captive": _boolean,
+    "idle_seconds": _number(positive=True),
+    "max_volume_ml": _number(positive=True),
+    "taps": _string_list,
+}
+TAP: dict[str, Check] = {
+    "meter": _string,
+    "ml_per_tick": _number(positive=True),
+    "relay": _string,
+    "name": _string,
+}
+
+# Daemon options the file may set; options.py registers its own here.
+OPTION_CHECKS: dict[str, Check] = {}
+
+
+def option(name: str, check: Check) -> None:
+    """Let the config file set command-line option ``name``."""
+    OPTION_CHECKS[name] = check
+
+
+@dataclass
+class FileSettings:
+    core: CoreConfig = field(default_factory=CoreConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _table(where: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {value!r}")
+    return value
+
+
+def _fields(where: str, table: Mapping[str, Any], checks: Mapping[str, Check]) -> dict[str, Any]:
+    out = {}
+    for key, value in table.items():
+        check = checks.get(key)
+        if check is None:
+            known = ", ".join(sorted(checks))
+            raise ConfigError(f"{where}.{key}: unknown key (known: {known})")
+        out[key] = check(f"{where}.{key}", value)
+    return out
+
+
+def parse(data: Mapping[str, Any], source: str = "config") -> FileSettings:
+    """Check a parsed TOML document; errors name ``source`` and the key."""
+    try:
+        return _parse(data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _parse(data: Mapping[str, Any]) -> FileSettings:
+    pours = PourSettings(**_fields("pours", _table("pours", data.get("pours", {})), POURS))
+    auth_table = dict(_table("auth", data.get("auth", {})))
+    devices_table = _table("auth.devices", auth_table.pop("devices", {}))
+    devices = dict(DEFAULT_AUTH_DEVICES)
+    for name, table in devices_table.items():
+        where = f'auth.devices."{name}"'
+        values = _fields(where, _table(where, table), AUTH_DEVICE)
+        base = devices.get(name, AuthDevice())
+        devices[name] = AuthDevice(
+            captive=values.get("captive", base.captive),
+            idle_seconds=values.get("idle_seconds", base.idle_seconds),
+            max_volume_ml=values.get("max_volume_ml", base.max_volume_ml),
+            taps=values.get("taps", base.taps),
+        )
+    auth = AuthSettings(**_fields("auth", auth_table, AUTH), devices=devices)
+    taps_value = data.get("taps", [])
+    if not isinstance(taps_value, list):
+        raise ConfigError(f"taps: expected [[taps]] tables, got {taps_value!r}")
+    taps = []
+    seen: set[str] = set()
+    for i, table in enumerate(taps_value):
+        where = f"taps[{i}]"
+        values = _fields(where, _table(where, table), TAP)
+        for required in ("meter", "ml_per_tick"):
+            if required not in values:
+                raise ConfigError(f"{where}: {required} is required")
+        if values["meter"] in seen:
+            raise ConfigError(f"{where}.meter: {values['meter']} is listed twice")
+        seen.add(values["meter"])
+        taps.append(TapConfig(**values))
+    options = {}
+    for key, value in data.items():
+        if key in ("pours", "auth", "taps"):
+            continue
+        check = OPTION_CHECKS.get(key)
+        if check is None:
+            known = ", ".join(sorted([*OPTION_CHECKS, "pours", "auth", "taps"]))
+            raise ConfigError(f"{key}: unknown key (known: {known})")
+        options[key] = check(key, value)
+    return FileSettings(CoreConfig(pours=pours, auth=auth, taps=tuple(taps)), options)
+
+
+def load(path: str | Path) -> FileSettings:
+    """Read and check a TOML file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, str(path))
