@@ -130,7 +130,7 @@ def test_anonymous_pour_is_logged_as_a_drink_and_opens_nothing(rig: Any) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_stopping_the_daemon_closes_an_open_valve_and_records_the_pour(rig: Any) -> Any:
-    daemon, board, clock, drinks = rig
+    daemon, board, _clock, drinks = rig
     yield until(lambda: "kegboard" in daemon.core.core.boards)
     board.pour("flow0", 0)
     board.write(board.board.token("core.rfid", bytes.fromhex("efbeadde"), True))
