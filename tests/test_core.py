@@ -465,3 +465,39 @@ def test_replay_gives_the_same_effects() -> None:
         return h.effects
 
     assert run() == run()
+
+
+# --- crash safety ---------------------------------------------------------------
+
+
+def test_checkpoint_restore_continues_a_pour_with_every_tick() -> None:
+    import json
+
+    h = Harness()
+    h.authorise("core.rfid", "deadbeef", "alice", "kegboard.flow0")
+    h.read("kegboard.flow0", 1000)
+    h.at(1).read("kegboard.flow0", 1300)
+    saved = json.loads(json.dumps(h.core.checkpoint()))  # it must be JSON
+    # The process dies; the board keeps counting to 1500 meanwhile.
+    fresh = Core(CoreConfig(taps=(TAP0, TAP1)), first_flow_id=1)
+    mono2 = 50.0  # a new process: another monotonic clock
+    out = fresh.restore(saved, mono2, WALL0 + 4)
+    assert not [e for e in out if isinstance(e, RecordDrink)]
+    out += fresh.handle(MeterReading("kegboard.flow0", 1500), mono2 + 1, WALL0 + 5)
+    out += fresh.advance(mono2 + 30, WALL0 + 34)
+    [drink] = [e for e in out if isinstance(e, RecordDrink)]
+    assert (drink.ticks, drink.username, drink.flow_id) == (500, "alice", 1)
+    assert drink.start_wall == WALL0 + 0
+    assert drink.end_wall == WALL0 + 5
+    assert drink.duration_seconds == 5.0
+
+
+def test_restore_of_a_pour_idle_meanwhile_records_it_at_once() -> None:
+    h = Harness()
+    h.read("kegboard.flow0", 0)
+    h.at(1).read("kegboard.flow0", 100)
+    saved = h.core.checkpoint()
+    fresh = Core(CoreConfig(taps=(TAP0,)))
+    out = fresh.restore(saved, 5.0, WALL0 + 300)
+    assert [(d.ticks, d.reason) for d in out if isinstance(d, RecordDrink)] == [(100, "idle")]
+    assert fresh.handle(MeterReading("kegboard.flow0", 100), 6.0, WALL0 + 301) == []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..inputs import (
     BoardConnected,
@@ -227,6 +228,103 @@ class Core:
 
     def pour_snapshots(self) -> list[PourSnapshot]:
         return [p.snapshot() for p in self.pours.values()]
+
+    # --- crash safety -----------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What must survive a crash: meter baselines and open pours.
+
+        Plain JSON-able values.  Times are stored as wall clock, since the
+        monotonic clock of this process means nothing to the next one.
+        """
+        pours = []
+        for pour in self.pours.values():
+            snap = pour.snapshot()
+            pours.append(
+                {
+                    "flow_id": pour.flow_id,
+                    "tap": {
+                        "meter": pour.tap.meter,
+                        "ml_per_tick": pour.tap.ml_per_tick,
+                        "relay": pour.tap.relay,
+                    },
+                    "start_wall": pour.start_wall,
+                    "last_tick_wall": pour.last_tick_wall,
+                    "duration_seconds": snap.duration_seconds,
+                    "ticks": pour.ticks,
+                    "idle_seconds": pour.idle_seconds,
+                    "username": pour.username,
+                    "auth_device": pour.auth_device,
+                    "token": list(pour.token) if pour.token else None,
+                    "captive": pour.captive,
+                    "max_volume_ml": pour.max_volume_ml,
+                    "ticks_at_auth": pour.ticks_at_auth,
+                }
+            )
+        return {
+            "version": 1,
+            "next_flow_id": self._next_flow_id,
+            "meters": {name: m.last for name, m in self.meters.items() if m.last is not None},
+            "pours": pours,
+        }
+
+    def restore(self, state: dict[str, Any], mono: float, wall: float) -> list[Effect]:
+        """Take up where a crashed process left off.
+
+        Baselines come back, so the board's cumulative count carries every
+        tick poured while we were down.  Open pours come back with their
+        ticks and drinker; their idle time counts from their last tick (on
+        the wall clock), so a pour that went idle meanwhile ends at once and
+        is recorded.  Valves are not reopened: the drinker presents the token
+        again.
+        """
+        out: list[Effect] = []
+        self._next_flow_id = max(self._next_flow_id, int(state.get("next_flow_id", 0)))
+        for name, last in state.get("meters", {}).items():
+            self.meters[name] = MeterState(last=int(last))
+        for p in state.get("pours", []):
+            tap_data = p["tap"]
+            tap = TapConfig(
+                tap_data["meter"], float(tap_data["ml_per_tick"]), tap_data.get("relay")
+            )
+            start_wall = float(p["start_wall"])
+            last_wall = p.get("last_tick_wall")
+            # Map wall times onto this process's monotonic clock; never into the future.
+            start_mono = mono - max(0.0, wall - start_wall)
+            last_mono = None if last_wall is None else mono - max(0.0, wall - float(last_wall))
+            token = p.get("token")
+            pour = Pour(
+                flow_id=int(p["flow_id"]),
+                tap=tap,
+                start_mono=start_mono,
+                start_wall=start_wall,
+                idle_seconds=float(p["idle_seconds"]),
+                last_tick_mono=last_mono,
+                last_tick_wall=None if last_wall is None else float(last_wall),
+                ticks=int(p["ticks"]),
+                username=p.get("username"),
+                auth_device=p.get("auth_device"),
+                token=(token[0], token[1]) if token else None,
+                captive=bool(p.get("captive")),
+                max_volume_ml=p.get("max_volume_ml"),
+                ticks_at_auth=int(p.get("ticks_at_auth", 0)),
+                last_progress_mono=mono,
+            )
+            if last_mono is not None:
+                # Keep the measured duration even if the wall clock moved.
+                pour.start_mono = last_mono - float(p.get("duration_seconds", 0.0))
+            self.pours[tap.meter] = pour
+            self._arm("pour", tap.meter, pour.idle_deadline())
+            self._arm("ghost", tap.meter, pour.start_mono + self.config.pours.max_pour_seconds)
+            out.append(
+                Notice(
+                    "info",
+                    "Resumed pour {flow_id} on {meter}: {ticks} ticks so far",
+                    {"flow_id": pour.flow_id, "meter": tap.meter, "ticks": pour.ticks},
+                )
+            )
+        self._run_timers(mono, wall, out)
+        return out
 
     # --- meters and pours ----------------------------------------------
 
