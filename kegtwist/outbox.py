@@ -130,6 +130,7 @@ class Outbox:
         self.pending: dict[int, Item] = {}
         self.dead: dict[int, DeadLetter] = {}
         self.delivered_ids: dict[int, int] = {}  # seq -> server drink id (recent)
+        self.recent_flows: dict[int, None] = {}  # flow ids journaled lately, oldest first
         self._seq = 0
         self._finished_lines = 0
         self._file: Any = None
@@ -204,6 +205,12 @@ class Outbox:
             kind = data.pop("kind", "drink")
             item: Item = DrinkItem(**data) if kind == "drink" else TemperatureItem(**data)
             self.pending[seq] = item
+            if isinstance(item, DrinkItem):
+                self._remember_flow(item.flow_id)
+            return
+        if op == "flows":
+            for flow_id in record.get("ids", []):
+                self._remember_flow(int(flow_id))
             return
         self._finished_lines += 1
         item_or_none = self.pending.get(seq)
@@ -257,6 +264,17 @@ class Outbox:
         elif op == "certain":
             if isinstance(item_or_none, DrinkItem):
                 item_or_none.uncertain = False
+
+    def _remember_flow(self, flow_id: int) -> None:
+        self.recent_flows[flow_id] = None
+        while len(self.recent_flows) > 1000:
+            del self.recent_flows[next(iter(self.recent_flows))]
+
+    def knows_flow(self, flow_id: int) -> bool:
+        """Was a drink for this flow journaled lately?  A pour restored from
+        a checkpoint written just before its drink was journaled must not be
+        recorded twice."""
+        return flow_id in self.recent_flows
 
     # --- adding ---------------------------------------------------------------
 
@@ -380,7 +398,7 @@ class Outbox:
 
     def compact(self) -> None:
         """Rewrite the journal as just what is pending or dead, atomically."""
-        records: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = [{"op": "flows", "ids": list(self.recent_flows)}]
         for seq, letter in sorted(self.dead.items()):
             if seq < 0:
                 records.append(
@@ -429,4 +447,4 @@ class Outbox:
             finally:
                 os.close(fd)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._finished_lines = sum(1 for r in records if r["op"] != "add")
+        self._finished_lines = sum(1 for r in records if r["op"] not in ("add", "flows"))

@@ -501,3 +501,34 @@ def test_restore_of_a_pour_idle_meanwhile_records_it_at_once() -> None:
     out = fresh.restore(saved, 5.0, WALL0 + 300)
     assert [(d.ticks, d.reason) for d in out if isinstance(d, RecordDrink)] == [(100, "idle")]
     assert fresh.handle(MeterReading("kegboard.flow0", 100), 6.0, WALL0 + 301) == []
+
+
+# --- cleaning ---------------------------------------------------------------------
+
+
+def test_manual_valve_for_cleaning_is_not_a_drink() -> None:
+    from kegtwist.core import ManualValve
+
+    h = Harness()
+    h.feed(ManualValve("kegboard.relay0", True))
+    assert h.relays() == [("kegboard.relay0", True, "cleaning")]
+    h.read("kegboard.flow0", 0)
+    for i in range(1, 6):
+        h.at(i * 2.0).read("kegboard.flow0", 500 * i)
+    assert [r for r in h.relays() if r[2] == "refresh"]  # kept open past the board watchdog
+    h.authorise("core.rfid", "deadbeef", "alice", "kegboard.flow0")  # ignored while cleaning
+    h.at(11).feed(ManualValve("kegboard.relay0", False))
+    assert h.relays()[-1] == ("kegboard.relay0", False, "cleaning")
+    assert h.drinks() == []
+    assert h.core.stats.cleaning_ticks == 2500
+    assert h.core.open_relays == set()
+
+
+def test_manual_valve_left_open_is_closed_by_the_guard() -> None:
+    from kegtwist.core import ManualValve
+
+    h = Harness()
+    h.feed(ManualValve("kegboard.relay0", True))
+    h.at(601)
+    assert h.relays()[-1] == ("kegboard.relay0", False, "cleaning")
+    assert h.core.cleaning == {}

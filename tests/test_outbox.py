@@ -169,3 +169,15 @@ def test_items_are_drink_items(tmp_path: Path) -> None:
     box = Outbox(tmp_path)
     box.open()
     assert isinstance(box.add_drink(drink(1)), DrinkItem)
+
+
+def test_recent_flows_survive_restart_and_compaction(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    box.open()
+    item = box.add_drink(drink(77))
+    box.sending(item)
+    box.delivered(item, 5)
+    box.compact()
+    box = reopen(box)
+    assert box.knows_flow(77)
+    assert not box.knows_flow(78)

@@ -49,6 +49,7 @@ from .model import (
     Effect,
     FlowRequest,
     LookupToken,
+    ManualValve,
     Notice,
     PourSnapshot,
     PourUpdate,
@@ -81,6 +82,7 @@ class CoreStats:
     lookups_failed: int = 0
     temperatures_recorded: int = 0
     temperatures_dropped: int = 0
+    cleaning_ticks: int = 0
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class Pour:
     ticks_at_auth: int = 0
     valve_open: bool = False
     last_progress_mono: float | None = None
+    cleaning: bool = False
 
     @property
     def meter_name(self) -> str:
@@ -174,6 +177,7 @@ class Core:
         self.sensors: dict[str, Sensor] = {}
         self.boards: set[str] = set()
         self.open_relays: set[str] = set()
+        self.cleaning: dict[str, str] = {}  # meter -> relay opened by hand
         self._next_flow_id = self.first_flow_id
         self._timers: list[_Timer] = []
         self._seq = 0
@@ -202,6 +206,8 @@ class Core:
             self.boards.discard(item.board)
         elif isinstance(item, TapsChanged):
             self.taps = {t.meter: t for t in item.taps}
+        elif isinstance(item, ManualValve):
+            self._manual_valve(item, mono, wall, out)
         elif isinstance(item, RelayStatus):
             pass  # informational: the core tracks what it commanded
         return out
@@ -219,6 +225,8 @@ class Core:
     def shutdown(self, mono: float, wall: float) -> list[Effect]:
         """End every pour (recorded as usual) and close every valve we opened."""
         out: list[Effect] = []
+        for meter in list(self.cleaning):
+            self._stop_cleaning(meter, out)
         for meter in list(self.pours):
             self._end_pour(meter, "shutdown", out)
         for relay in sorted(self.open_relays):
@@ -389,6 +397,7 @@ class Core:
             start_wall=wall,
             idle_seconds=self.config.pours.idle_seconds,
             last_progress_mono=mono,
+            cleaning=tap.meter in self.cleaning,
         )
         self._next_flow_id += 1
         self.pours[tap.meter] = pour
@@ -408,6 +417,17 @@ class Core:
             self.open_relays.discard(pour.tap.relay)
             out.append(SetRelay(pour.tap.relay, False, "pour_end"))
         snapshot = pour.snapshot()
+        if pour.cleaning:
+            self.stats.cleaning_ticks += pour.ticks
+            out.append(PourUpdate(snapshot, "completed", "cleaning", False))
+            out.append(
+                Notice(
+                    "info",
+                    "Cleaning on {meter}: {ticks} ticks, {volume_ml:.0f} mL (not a drink)",
+                    {"meter": meter, "ticks": pour.ticks, "volume_ml": snapshot.volume_ml},
+                )
+            )
+            return
         recorded = pour.ticks > 0 and snapshot.volume_ml >= self.config.pours.min_volume_ml
         out.append(PourUpdate(snapshot, "completed", reason, recorded))
         if recorded:
@@ -532,6 +552,15 @@ class Core:
         wall: float,
         out: list[Effect],
     ) -> None:
+        if tap.meter in self.cleaning:
+            out.append(
+                Notice(
+                    "warn",
+                    "Token for {username} ignored on {meter}: the tap is being cleaned",
+                    {"username": username, "meter": tap.meter},
+                )
+            )
+            return
         pour = self.pours.get(tap.meter)
         if pour is not None and pour.username is not None and pour.username != username:
             self._end_pour(tap.meter, "replaced", out)
@@ -554,6 +583,36 @@ class Core:
             out.append(SetRelay(tap.relay, True, "pour"))
             self._arm("valve", tap.meter, mono + self.config.pours.valve_refresh_seconds)
 
+    def _manual_valve(self, item: ManualValve, mono: float, wall: float, out: list[Effect]) -> None:
+        tap = next((t for t in self.taps.values() if t.relay == item.relay_name), None)
+        if tap is None:
+            out.append(
+                Notice(
+                    "warn", "No tap has relay {relay}; nothing opened", {"relay": item.relay_name}
+                )
+            )
+            return
+        meter = tap.meter
+        if item.on:
+            if meter in self.pours:
+                self._end_pour(meter, "cleaning", out)
+            self.cleaning[meter] = item.relay_name
+            self.open_relays.add(item.relay_name)
+            out.append(SetRelay(item.relay_name, True, "cleaning"))
+            self._arm("clean", meter, mono + self.config.pours.valve_refresh_seconds)
+            self._arm("clean_guard", meter, mono + self.config.pours.max_pour_seconds)
+        elif meter in self.cleaning:
+            self._stop_cleaning(meter, out)
+
+    def _stop_cleaning(self, meter: str, out: list[Effect]) -> None:
+        relay = self.cleaning.pop(meter)
+        self._disarm("clean", meter)
+        self._disarm("clean_guard", meter)
+        if meter in self.pours:
+            self._end_pour(meter, "cleaning", out)
+        self.open_relays.discard(relay)
+        out.append(SetRelay(relay, False, "cleaning"))
+
     # --- boards and temperatures --------------------------------------------
 
     def _board_connected(self, item: BoardConnected, out: list[Effect]) -> None:
@@ -563,7 +622,7 @@ class Core:
         for tap in self.taps.values():
             if tap.relay and tap.relay.startswith(prefix):
                 pour = self.pours.get(tap.meter)
-                keep_open = pour is not None and pour.valve_open
+                keep_open = (pour is not None and pour.valve_open) or tap.meter in self.cleaning
                 out.append(SetRelay(tap.relay, keep_open, "board_connected"))
 
     def _thermo(self, item: ThermoReading, mono: float, wall: float, out: list[Effect]) -> None:
@@ -639,6 +698,22 @@ class Core:
                     out.append(SetRelay(pour.tap.relay, True, "refresh"))
                     every = self.config.pours.valve_refresh_seconds
                     self._arm("valve", timer.key, max(timer.when + every, mono))
+            elif timer.kind == "clean":
+                relay = self.cleaning.get(timer.key)
+                if relay is not None:
+                    out.append(SetRelay(relay, True, "refresh"))
+                    every = self.config.pours.valve_refresh_seconds
+                    self._arm("clean", timer.key, max(timer.when + every, mono))
+            elif timer.kind == "clean_guard":
+                if timer.key in self.cleaning:
+                    out.append(
+                        Notice(
+                            "warn",
+                            "Valve of {meter} open by hand for {seconds:.0f} s: closed by the guard",
+                            {"meter": timer.key, "seconds": self.config.pours.max_pour_seconds},
+                        )
+                    )
+                    self._stop_cleaning(timer.key, out)
             elif timer.kind == "sensor":
                 sensor = self.sensors.get(timer.key)
                 if sensor is not None and not sensor.lost:

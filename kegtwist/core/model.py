@@ -41,6 +41,19 @@ class FlowRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ManualValve:
+    """An operator opens or closes a tap's valve by hand, e.g. for cleaning.
+
+    While open, what flows is line cleaning, not a drink: it is counted and
+    logged, never recorded.  The ghost-pour guard closes it after
+    ``max_pour_seconds`` if nobody does.
+    """
+
+    relay_name: str
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TapsChanged:
     taps: tuple[TapConfig, ...]
 
@@ -55,6 +68,7 @@ CoreInput = (
     | TokenLookupResult
     | FlowRequest
     | TapsChanged
+    | ManualValve
 )
 
 # --- effects ---------------------------------------------------------------
