@@ -37,6 +37,7 @@ setup(
             "kegboard-monitor=kegtwist.tools.monitor:cli",
             "kegboard-info=kegtwist.tools.info:cli",
             "kegboard-set-serial=kegtwist.tools.set_serial:cli",
+            "kegboard-sim=kegtwist.tools.sim:main",
         ],
     },
     classifiers=[

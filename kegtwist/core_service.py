@@ -9,9 +9,12 @@ Kegbot Server), and everything else to listeners (logs, the outbox, Kegnet).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.application.service import Service
@@ -36,6 +39,7 @@ from .core import (
 RelayDriver = Callable[[str, bool], bool]
 TokenResolver = Callable[[str, str], "defer.Deferred[TokenLookupResult]"]
 EffectListener = Callable[[Effect], None]
+CHECKPOINT_DELAY = 0.5
 
 
 def _iso(wall: float) -> str:
@@ -57,8 +61,13 @@ class CoreService(Service):
         token_resolver: TokenResolver | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        checkpoint_path: Path | None = None,
+        already_recorded: Callable[[int], bool] = lambda flow_id: False,
     ) -> None:
         self.core = core
+        self.checkpoint_path = checkpoint_path
+        self.already_recorded = already_recorded
+        self._checkpoint_call: IDelayedCall | None = None
         self.clock = clock
         self.relay_driver = relay_driver
         self.token_resolver = token_resolver
@@ -70,6 +79,7 @@ class CoreService(Service):
         self._stopped = False
         self._busy = False
         self._queue: list[CoreInput] = []
+        self._last_checkpoint: bytes | None = None
 
     # inputs
 
@@ -99,6 +109,58 @@ class CoreService(Service):
         finally:
             self._busy = False
         self._reschedule()
+        self._checkpoint_soon()
+
+    # crash safety
+
+    def _checkpoint_soon(self) -> None:
+        """Keep the checkpoint at most CHECKPOINT_DELAY old while things change."""
+        if self.checkpoint_path is None or self._stopped:
+            return
+        if self._checkpoint_call is None or not self._checkpoint_call.active():
+            self._checkpoint_call = self.clock.callLater(CHECKPOINT_DELAY, self.write_checkpoint)
+
+    def write_checkpoint(self) -> None:
+        """Baselines and open pours, written atomically (tmp, fsync, rename)."""
+        if self._checkpoint_call is not None and self._checkpoint_call.active():
+            self._checkpoint_call.cancel()
+        self._checkpoint_call = None
+        if self.checkpoint_path is None:
+            return
+        data = json.dumps(self.core.checkpoint(), separators=(",", ":")).encode()
+        if data == self._last_checkpoint:
+            return
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_path)
+        except OSError as e:
+            self.log.error(
+                "Cannot write checkpoint {path}: {error}", path=str(self.checkpoint_path), error=e
+            )
+            return
+        self._last_checkpoint = data
+
+    def restore_checkpoint(self) -> None:
+        """Resume pours and baselines a previous process left behind."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return
+        try:
+            state = json.loads(path.read_bytes())
+            state["pours"] = [
+                p for p in state.get("pours", []) if not self.already_recorded(int(p["flow_id"]))
+            ]
+            effects = self.core.restore(state, self.monotonic(), self.wall())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self.log.error(
+                "Checkpoint {path} unreadable ({error}); starting afresh", path=str(path), error=e
+            )
+            return
+        self._run(lambda: effects)
 
     def _reschedule(self) -> None:
         deadline = self.core.next_deadline()
@@ -201,6 +263,10 @@ class CoreService(Service):
 
     # lifecycle
 
+    def startService(self) -> None:
+        super().startService()
+        self.restore_checkpoint()
+
     def stopService(self) -> defer.Deferred[None] | None:
         """End pours (recorded) and close every valve the core opened."""
         super().stopService()
@@ -208,6 +274,7 @@ class CoreService(Service):
             return None
         self._execute(self.core.shutdown(self.monotonic(), self.wall()))
         self._stopped = True
+        self.write_checkpoint()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None

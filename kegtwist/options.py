@@ -76,6 +76,126 @@ register(
 )
 
 
+def default_state_dir() -> str:
+    """Per-user state directory (XDG); the systemd unit sets its own."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "kegtwist")
+
+
+def _url(value: str) -> str:
+    if value != "none" and not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL or 'none', got {value!r}")
+    return value
+
+
+def _check_url(where: str, value: Any) -> str:
+    try:
+        return _url(settings._string(where, value))
+    except ValueError as e:
+        raise settings.ConfigError(f"{where}: {e}") from None
+
+
+register(
+    Option(
+        "api_url",
+        "Kegbot Server API URL, or 'none' to keep drinks in the outbox only.",
+        "http://localhost:8000/api/",
+        _url,
+        _check_url,
+        env="KEGBOT_API_URL",
+    )
+)
+register(
+    Option(
+        "api_key",
+        "Kegbot Server API key (of a staff user); never logged.",
+        None,
+        _text,
+        settings._string,
+        env="KEGBOT_API_KEY",
+        shown_default="none",
+    )
+)
+register(
+    Option(
+        "api_key_file",
+        "Read the API key from this file instead (keeps it out of ps and shell history).",
+        None,
+        _text,
+        settings._string,
+        shown_default="none",
+    )
+)
+register(
+    Option(
+        "state_dir",
+        "Where the outbox and the pour checkpoint live.",
+        None,
+        _text,
+        settings._string,
+        env="KEGBOT_STATE_DIR",
+        shown_default="$XDG_STATE_HOME/kegtwist or ~/.local/state/kegtwist",
+    )
+)
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 64:
+        raise ValueError(f"expected 0 to 64, got {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"expected seconds >= 0, got {value}")
+    return number
+
+
+register(
+    Option(
+        "simulate",
+        "Add N simulated Kegboards (real pseudo-terminals, the real board code) for demos and tests.",
+        0,
+        _count,
+        settings._integer(0),
+    )
+)
+register(
+    Option(
+        "simulate_pours",
+        "With --simulate: pour a demo glass on each simulated board's flow0 every this many seconds (0: never).",
+        60.0,
+        _seconds,
+        settings._number(minimum=0),
+    )
+)
+register(
+    Option(
+        "manhole",
+        "Open an SSH manhole (a Python shell in the daemon) on this endpoint, e.g. "
+        "tcp:2222:interface=127.0.0.1; localhost unless an interface is named.",
+        None,
+        _text,
+        settings._string,
+        shown_default="off",
+    )
+)
+register(
+    Option(
+        "manhole_keys",
+        "authorized_keys file of the public keys the manhole accepts (required with --manhole).",
+        None,
+        _text,
+        settings._string,
+        shown_default="none",
+    )
+)
+
+
 class Options(usage.Options):
     """Options for the kegbot service; ``--help`` shows each default."""
 
@@ -138,6 +258,24 @@ class Options(usage.Options):
                 value = option.default
             self.settings[option.name] = value
         self.settings["board_specs"] = parse_board_specs(list(self.settings["kegboard"]))
+        if self.settings["state_dir"] is None:
+            self.settings["state_dir"] = default_state_dir()
+        key_file = self.settings["api_key_file"]
+        if key_file:
+            try:
+                with open(key_file, encoding="utf-8") as f:
+                    key = f.read().strip()
+            except OSError as e:
+                raise settings.ConfigError(
+                    f"cannot read --api-key-file {key_file}: {e.strerror or e}"
+                ) from None
+            if not key:
+                raise settings.ConfigError(f"--api-key-file {key_file} is empty")
+            self.settings["api_key"] = key
+        if self.settings["manhole"] and not self.settings["manhole_keys"]:
+            raise settings.ConfigError(
+                "--manhole needs --manhole-keys (an authorized_keys file): it never opens without a key"
+            )
 
     @property
     def board_specs(self) -> list[BoardSpec]:

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .board import BoardService
-from .core import Core
+from .core import (
+    Core,
+    Effect,
+    RecordDrink,
+    RecordTemperature,
+    RegisterController,
+    TokenLookupResult,
+)
 from .core_service import CoreService, TokenResolver
+from .delivery import DeliveryService
 from .options import Options
+from .outbox import Outbox
+from .server import KegbotServerClient, ServerError
+from .taps import TapSyncService
+
+TOKEN_LOOKUP_TIMEOUT = 2.0
 
 log = Logger(namespace="kegtwist")
 
@@ -29,6 +43,8 @@ class KegbotService(MultiService):
 
     boards: BoardService
     core: CoreService
+    outbox: Outbox
+    delivery: DeliveryService | None
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop_in_order())
@@ -42,6 +58,33 @@ class KegbotService(MultiService):
                 log.failure("Stopping {service} failed", service=child.name)
 
 
+class Closer(Service):
+    """Releases a resource when the daemon stops, at its place in the order."""
+
+    def __init__(self, name: str, close: Callable[[], object]) -> None:
+        self.name = name
+        self._close = close
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        return defer.maybeDeferred(self._close)
+
+
+def server_token_resolver(client: KegbotServerClient) -> TokenResolver:
+    """Token lookups on the server, answered as core inputs, never errors."""
+
+    async def resolve(device: str, value: str) -> TokenLookupResult:
+        try:
+            info = await client.lookup_token(device, value, timeout=TOKEN_LOOKUP_TIMEOUT)
+        except ServerError as e:
+            if e.kind == "permanent" and e.status == 404:
+                return TokenLookupResult(device, value, None, False)  # unknown token
+            return TokenLookupResult(device, value, error=e.reason)
+        return TokenLookupResult(device, value, info.username, info.enabled)
+
+    return lambda device, value: defer.Deferred.fromCoroutine(resolve(device, value))
+
+
 def build(
     options: Options,
     reactor: Any,
@@ -51,20 +94,111 @@ def build(
     wall: Callable[[], float] = time.time,
     token_resolver: TokenResolver | None = None,
 ) -> KegbotService:
-    """The whole daemon; tests inject a clock and a token resolver."""
+    """The whole daemon; tests inject a clock (and may inject a resolver)."""
     clock = clock if clock is not None else reactor
+    config = options.settings
     top = KegbotService()
+
+    state_dir = Path(config["state_dir"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(state_dir)
+    outbox.open()
+    top.outbox = outbox
+
+    client: KegbotServerClient | None = None
+    if config["api_url"] != "none":
+        client = KegbotServerClient(reactor, config["api_url"], config["api_key"])
+        if token_resolver is None:
+            token_resolver = server_token_resolver(client)
+        Closer("http-pool", client.close).setServiceParent(top)
+    Closer("outbox", outbox.close).setServiceParent(top)
+
     core = Core(options.core_config, first_flow_id=int(wall() * 1000))
     core_service = CoreService(
-        core, clock, token_resolver=token_resolver, monotonic=monotonic, wall=wall
+        core,
+        clock,
+        token_resolver=token_resolver,
+        monotonic=monotonic,
+        wall=wall,
+        checkpoint_path=state_dir / "pours.json",
+        already_recorded=outbox.knows_flow,
     )
-    boards = BoardService(options.board_specs, core_service.feed, reactor, clock)
-    core_service.relay_driver = boards.set_relay
-    boards.setServiceParent(top)
-    core_service.setServiceParent(top)
-    top.boards = boards
     top.core = core_service
-    if not options.core_config.taps:
+
+    delivery: DeliveryService | None = None
+    tap_sync: TapSyncService | None = None
+    if client is not None:
+        delivery = DeliveryService(outbox, client, clock, wall=wall)
+        delivery.setServiceParent(top)
+        tap_sync = TapSyncService(
+            client,
+            core_service.feed,
+            options.core_config.taps,
+            clock,
+            pours_active=lambda: bool(core.pours),
+        )
+    top.delivery = delivery
+
+    def to_outbox(effect: Effect) -> None:
+        if isinstance(effect, RecordDrink):
+            outbox.add_drink(effect)
+        elif isinstance(effect, RecordTemperature):
+            outbox.add_temperature(effect)
+        elif isinstance(effect, RegisterController) and tap_sync is not None:
+            tap_sync.register_board(effect.board)
+            return
+        else:
+            return
+        if delivery is not None:
+            delivery.wake()
+
+    core_service.listeners.append(to_outbox)
+
+    board_specs = list(options.board_specs)
+    if config["simulate"]:
+        from .board import BoardSpec
+        from .simulate import SimulatedBoards, simulated_taps
+
+        simulated = SimulatedBoards(reactor, config["simulate"], config["simulate_pours"], clock)
+        simulated.setServiceParent(top)  # stops after the boards have closed
+        board_specs += [BoardSpec("path", path) for path in simulated.paths]
+        known = {t.meter for t in options.core_config.taps}
+        extra = tuple(t for t in simulated_taps(config["simulate"]) if t.meter not in known)
+        core.taps.update({t.meter: t for t in extra})
+        file_taps = options.core_config.taps + extra
+        if tap_sync is not None:
+            tap_sync.file_taps = tap_sync.taps = file_taps
+    boards = BoardService(board_specs, core_service.feed, reactor, clock)
+    core_service.relay_driver = boards.set_relay
+    top.boards = boards
+    boards.setServiceParent(top)
+    if tap_sync is not None:
+        tap_sync.setServiceParent(top)
+    core_service.setServiceParent(top)
+
+    if config["manhole"]:
+        from .inspect import namespace
+        from .manhole import manhole_service
+
+        manhole_service(
+            config["manhole"], config["manhole_keys"], state_dir, lambda: namespace(top)
+        ).setServiceParent(top)
+
+    if client is None:
+        log.warn(
+            "No Kegbot Server (--api-url none): drinks stay in the outbox in {dir}",
+            dir=str(state_dir),
+        )
+    else:
+        log.info(
+            "Kegbot Server at {url} ({key}); outbox in {dir}",
+            url=config["api_url"],
+            key="with an API key"
+            if config["api_key"]
+            else "no API key: set --api-key or $KEGBOT_API_KEY",
+            dir=str(state_dir),
+        )
+    if not core.taps and client is None:
         log.warn(
             "No taps configured: ticks are counted but no pour is recorded. "
             "Add [[taps]] to a --config file (see tap-configs/kegbot.toml)"

@@ -25,6 +25,8 @@ from . import kbsp
 
 RELAY_WATCHDOG_SECONDS = 10.0
 RELAY_COUNT = 6
+DEFAULT_ML_PER_TICK = 1 / 2.724  # the Kegbot Server's default meter
+STEP_SECONDS = 0.1  # boards report meters at most every 100 ms
 HELLO_HEARTBEAT_SECONDS = 10.0
 
 
@@ -143,6 +145,8 @@ class PtyKegboard:
         ] = []
         self._expiry: IDelayedCall | None = None
         self.on_receive: Callable[[kbsp.Message], None] | None = None
+        self.on_relays: Callable[[list[bool]], None] | None = None
+        self._relays_seen = list(self.board.relays)
         reactor.addReader(self)
         self._heartbeat: LoopingCall | None = None
         if heartbeat_seconds:
@@ -172,6 +176,7 @@ class PtyKegboard:
         before = len(self.board.received)
         self.write(self.board.receive(data, self.clock.seconds()))
         self._schedule_expiry()
+        self._relays_changed()
         for message in self.board.received[before:]:
             if self.on_receive is not None:
                 self.on_receive(message)
@@ -217,6 +222,13 @@ class PtyKegboard:
         self._expiry = None
         self.write(self.board.expire_relays(self.clock.seconds()))
         self._schedule_expiry()
+        self._relays_changed()
+
+    def _relays_changed(self) -> None:
+        if self.board.relays != self._relays_seen:
+            self._relays_seen = list(self.board.relays)
+            if self.on_relays is not None:
+                self.on_relays(self._relays_seen)
 
     def close(self) -> None:
         """Unplug: the host's next read fails and it sees the board gone."""
@@ -233,3 +245,33 @@ class PtyKegboard:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class Pourer:
+    """Spreads a pour's ticks over time, like a real meter."""
+
+    def __init__(self, pty: PtyKegboard, ml_per_tick: float) -> None:
+        self.pty = pty
+        self.ml_per_tick = ml_per_tick
+        self.active: dict[str, LoopingCall] = {}
+
+    def pour(self, meter: str, ml: float, seconds: float) -> int:
+        ticks = max(1, round(ml / self.ml_per_tick))
+        steps = max(1, round(seconds / STEP_SECONDS))
+        per_step = [ticks // steps + (1 if i < ticks % steps else 0) for i in range(steps)]
+        if meter in self.active and self.active[meter].running:
+            self.active[meter].stop()
+
+        def step() -> None:
+            if not per_step:
+                call.stop()
+                return
+            n = per_step.pop(0)
+            if n:
+                self.pty.pour(meter, n)
+
+        call = LoopingCall(step)
+        call.clock = self.pty.clock
+        self.active[meter] = call
+        call.start(STEP_SECONDS, now=True)
+        return ticks

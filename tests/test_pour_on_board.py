@@ -65,7 +65,18 @@ def rig(tmp_path: Any) -> Iterator[tuple[KegbotService, PtyKegboard, Clock, list
     config = tmp_path / "kegbot.toml"
     config.write_text(CONFIG)
     options = Options()
-    options.parseOptions(["--config", str(config), "--kegboard", board.path])
+    options.parseOptions(
+        [
+            "--config",
+            str(config),
+            "--kegboard",
+            board.path,
+            "--state-dir",
+            str(tmp_path),
+            "--api-url",
+            "none",
+        ]
+    )
     daemon = build(
         options,
         reactor,

@@ -105,5 +105,5 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_parse_reports_source() -> None:
-    with pytest.raises(settings.ConfigError, match="^here: pours.x: unknown key"):
+    with pytest.raises(settings.ConfigError, match=r"^here: pours\.x: unknown key"):
         settings.parse({"pours": {"x": 1}}, "here")

@@ -1,0 +1,283 @@
+"""Delivers the outbox to the Kegbot Server, exactly once, forever.
+
+One item at a time, in pour order: the Kegbot Server API has no idempotency
+key, so the exactly-once rule lives here.
+
+* Before a drink is sent, the outbox journals ``sending``.  A request whose
+  outcome is unknown (timeout, dropped connection, a 5xx that may come from
+  a proxy after the server committed, or a crash mid-request) leaves the
+  drink *uncertain*.
+* An uncertain drink is never simply re-sent: first the newest drinks on the
+  server (GET /api/drinks) are searched for it.  The match rule: the same
+  ``time`` to the microsecond (we send ``record_date`` with microseconds and
+  the server stores that instant exactly; the outbox never gives two pending
+  drinks the same one), the same ticks, and the same drinker (guest for
+  none).  Two real pours cannot share all three.  Found: delivered.  Not
+  found: sent again.
+* Unreachable (the request never left) and a refused key (401) are certain
+  failures: the drink stays pending, nothing is lost, and the key problem is
+  logged loudly, once.
+* Permanent refusals (unknown or inactive meter, no keg on the tap, a bad
+  field) go to the dead-letter store with the server's reason, logged at
+  error level; an unknown drinker is re-posted as a guest pour so the beer
+  still counts on the keg, the original drinker kept in a dead-letter note.
+* Everything else is retried with exponential backoff and jitter, capped at
+  3 minutes, for as long as it takes.
+
+Temperatures are best effort: a permanent refusal drops one, and one older
+than ``stale_temperature_seconds`` is dropped unsent, because the server
+stamps readings with its own clock (``when`` is ignored) and a late one
+would be misdated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ClassVar
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .backoff import Backoff
+from .outbox import DrinkItem, Outbox, TemperatureItem
+from .server import Drink, KegbotServerClient, ServerError
+
+DrinkListener = Callable[[DrinkItem, int], None]
+STALE_TEMPERATURE_SECONDS = 300.0
+
+
+def delivery_backoff() -> Backoff:
+    return Backoff(initial=1.0, factor=2.0, maximum=180.0, jitter=0.5)
+
+
+def matches(item: DrinkItem, drink: Drink) -> bool:
+    """Is ``drink`` on the server the one ``item`` describes?"""
+    return (
+        drink.time == datetime.fromisoformat(item.record_date)
+        and drink.ticks == item.ticks
+        and (drink.username or None) == (item.username or None)
+    )
+
+
+class DeliveryService(Service):
+    """Runs the delivery loop while the daemon runs."""
+
+    log: ClassVar[Logger] = Logger()
+    name = "delivery"
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: KegbotServerClient,
+        clock: IReactorTime,
+        *,
+        wall: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+        stale_temperature_seconds: float = STALE_TEMPERATURE_SECONDS,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.clock = clock
+        self.wall = wall
+        self.backoff = backoff if backoff is not None else delivery_backoff()
+        self.stale_temperature_seconds = stale_temperature_seconds
+        self.listeners: list[DrinkListener] = []
+        self.state = "starting"  # ok, down, bad_key
+        self.last_error: str | None = None
+        self._wakeup: defer.Deferred[None] | None = None
+        self._sleep: defer.Deferred[None] | None = None
+        self._loop: defer.Deferred[None] | None = None
+        self._stopping = False
+
+    # lifecycle
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        if len(self.outbox):
+            self.log.info(
+                "Outbox holds {count} item(s) from before; delivering them first",
+                count=len(self.outbox),
+            )
+        self._loop = defer.Deferred.fromCoroutine(self._run())
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return defer.succeed(None)
+        # An in-flight request is abandoned: the journal already says
+        # "sending", so the next start checks the server before resending.
+        loop.addErrback(lambda f: f.trap(defer.CancelledError))
+        loop.cancel()
+        return loop
+
+    def wake(self) -> None:
+        """Something was added to the outbox."""
+        if self._wakeup is not None and not self._wakeup.called:
+            self._wakeup.callback(None)
+
+    # the loop
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            item = self.outbox.next_item()
+            if item is None:
+                self._wakeup = defer.Deferred()
+                await self._wakeup
+                continue
+            try:
+                if isinstance(item, DrinkItem):
+                    await self._deliver_drink(item)
+                else:
+                    await self._deliver_temperature(item)
+            except ServerError as e:
+                self._failed(e)
+                self._sleep = task.deferLater(self.clock, self.backoff.next_delay(), lambda: None)
+                await self._sleep
+                continue
+            except defer.CancelledError:
+                raise
+            except Exception:
+                self.log.failure("Delivery failed unexpectedly; retrying")
+                self._sleep = task.deferLater(self.clock, self.backoff.next_delay(), lambda: None)
+                await self._sleep
+                continue
+            self._ok()
+
+    async def _deliver_drink(self, item: DrinkItem) -> None:
+        outbox = self.outbox
+        if item.uncertain:
+            found = await self._find_on_server(item)
+            if found is not None:
+                self.log.info(
+                    "Drink for flow {flow_id} was already recorded as drink {drink_id}; not sending it again",
+                    flow_id=item.flow_id,
+                    drink_id=found.id,
+                )
+                outbox.delivered(item, found.id, found=True)
+                self._notify(item, found.id)
+                return
+            outbox.certain_not_recorded(item)
+        outbox.sending(item)
+        try:
+            drink = await self.client.record_drink(
+                item.meter_name,
+                item.ticks,
+                username=item.username,
+                record_date=datetime.fromisoformat(item.record_date),
+                duration=max(0, round(item.duration_seconds)),
+            )
+        except ServerError as e:
+            if e.kind in ("unreachable", "bad_key"):
+                outbox.certain_not_recorded(item)
+                raise
+            if e.kind == "permanent":
+                if e.unknown_user and item.username:
+                    self.log.error(
+                        "Server does not know drinker {username}: flow {flow_id} re-posted as a guest pour "
+                        "(kept in the dead letters)",
+                        username=item.username,
+                        flow_id=item.flow_id,
+                    )
+                    outbox.as_guest(item, e.reason, e.status, self.wall())
+                    return
+                self.log.error(
+                    "Server refused the drink for flow {flow_id} on {meter} ({ticks} ticks): {reason}; "
+                    "kept in the dead letters",
+                    flow_id=item.flow_id,
+                    meter=item.meter_name,
+                    ticks=item.ticks,
+                    reason=e.reason,
+                )
+                outbox.dead_letter(item, e.reason, e.status, self.wall())
+                return
+            outbox.uncertain(item)
+            raise
+        outbox.delivered(item, drink.id)
+        self.log.info(
+            "Drink {drink_id} recorded: flow {flow_id} on {meter}, {ticks} ticks, {user}",
+            drink_id=drink.id,
+            flow_id=item.flow_id,
+            meter=item.meter_name,
+            ticks=item.ticks,
+            user=item.username or "guest",
+        )
+        self._notify(item, drink.id)
+
+    async def _find_on_server(self, item: DrinkItem) -> Drink | None:
+        for drink in await self.client.recent_drinks():
+            if matches(item, drink):
+                return drink
+        return None
+
+    async def _deliver_temperature(self, item: TemperatureItem) -> None:
+        age = self.wall() - item.wall
+        if age > self.stale_temperature_seconds:
+            self.outbox.drop(item, f"stale: {age:.0f} s old")
+            return
+        try:
+            await self.client.record_temperature(item.sensor_name, item.celsius)
+        except ServerError as e:
+            if e.kind == "permanent":
+                self.log.warn(
+                    "Server refused temperature of {sensor}: {reason}",
+                    sensor=item.sensor_name,
+                    reason=e.reason,
+                )
+                self.outbox.drop(item, e.reason)
+                return
+            raise
+        self.outbox.delivered(item)
+
+    # reporting
+
+    def _notify(self, item: DrinkItem, drink_id: int) -> None:
+        for listener in self.listeners:
+            try:
+                listener(item, drink_id)
+            except Exception:
+                self.log.failure("Drink listener failed")
+
+    def _ok(self) -> None:
+        self.backoff.reset()
+        if self.state in ("down", "bad_key"):
+            self.log.info(
+                "Kegbot Server reachable again; delivering {count} queued item(s)",
+                count=len(self.outbox),
+            )
+        self.state = "ok"
+        self.last_error = None
+
+    def _failed(self, error: ServerError) -> None:
+        state = "bad_key" if error.kind == "bad_key" else "down"
+        self.last_error = error.reason
+        if state != self.state:
+            if state == "bad_key":
+                self.log.error(
+                    "The Kegbot Server refused the API key ({reason}). Nothing is lost: {count} item(s) "
+                    "wait in the outbox. Set --api-key or --api-key-file to a key of a staff user.",
+                    reason=error.reason,
+                    count=len(self.outbox),
+                )
+            else:
+                self.log.warn(
+                    "Kegbot Server unavailable ({reason}); {count} item(s) wait in the outbox, retrying with backoff",
+                    reason=error.reason,
+                    count=len(self.outbox),
+                )
+        self.state = state
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "pending": len(self.outbox),
+            "dead_letters": len(self.outbox.dead),
+            "last_error": self.last_error,
+            "stats": self.outbox.stats,
+        }

@@ -1,0 +1,104 @@
+"""The manhole: a Python shell inside the running daemon, over SSH only.
+
+Off unless ``--manhole ENDPOINT`` is given (``tcp:2222:interface=127.0.0.1``
+binds to localhost; an endpoint without ``interface=`` is made to bind to
+127.0.0.1 too: listening on every address has to be asked for with
+``interface=0.0.0.0``).  Only public-key authentication, from the
+authorized_keys file ``--manhole-keys``: any user name, a key listed there.
+The SSH host key lives in the state directory and is generated on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService
+from twisted.conch import manhole, manhole_ssh
+from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
+from twisted.conch.insults import insults
+from twisted.conch.ssh import keys
+from twisted.cred import portal
+from zope.interface import implementer
+
+HOST_KEY_FILE = "manhole_host_key"
+
+
+class ManholeError(ValueError):
+    """A manhole setting that must stop start-up."""
+
+
+@implementer(IAuthorizedKeysDB)
+class AuthorizedKeys:
+    """Every key in one authorized_keys file, for whatever user name."""
+
+    def __init__(self, keys_: list[keys.Key]) -> None:
+        self.keys = keys_
+
+    def getAuthorizedKeys(self, avatarId: bytes) -> Iterable[keys.Key]:
+        return self.keys
+
+
+def load_authorized_keys(path: str | Path) -> list[keys.Key]:
+    try:
+        with open(path, "rb") as f:
+            found = list(readAuthorizedKeyFile(f))
+    except OSError as e:
+        raise ManholeError(f"--manhole-keys {path}: {e.strerror or e}") from None
+    if not found:
+        raise ManholeError(
+            f"--manhole-keys {path} holds no public key; the manhole never opens without one"
+        )
+    return found
+
+
+def host_key(state_dir: Path) -> keys.Key:
+    """The manhole's SSH host key: made once, kept (mode 0600)."""
+    path = state_dir / HOST_KEY_FILE
+    if path.exists():
+        existing: keys.Key = keys.Key.fromFile(str(path))
+        return existing
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_bytes(key.toString("OPENSSH"))
+    tmp.replace(path)
+    return key
+
+
+def localhost_by_default(endpoint: str) -> str:
+    """``tcp:2222`` listens on 127.0.0.1 unless an interface is named."""
+    if endpoint.startswith(("tcp:", "tcp6:")) and "interface=" not in endpoint:
+        return endpoint + ":interface=127.0.0.1"
+    if endpoint.isdigit():
+        return f"tcp:{endpoint}:interface=127.0.0.1"
+    return endpoint
+
+
+def manhole_service(
+    endpoint: str,
+    keys_path: str | Path,
+    state_dir: Path,
+    namespace: Callable[[], dict[str, Any]],
+) -> IService:
+    """An SSH manhole; ``namespace`` is called per session (fresh globals)."""
+    authorized = load_authorized_keys(keys_path)
+    checker = SSHPublicKeyChecker(AuthorizedKeys(authorized))
+    realm: Any = manhole_ssh.TerminalRealm()
+
+    def session() -> insults.ServerProtocol:
+        return insults.ServerProtocol(manhole.ColoredManhole, namespace())
+
+    realm.chainedProtocolFactory = session
+    factory: Any = manhole_ssh.ConchFactory(portal.Portal(realm, [checker]))
+    key = host_key(state_dir)
+    # Instance dicts: ConchFactory's class-level ones are shared by all.
+    factory.publicKeys = {key.sshType(): key.public()}
+    factory.privateKeys = {key.sshType(): key}
+    service: IService = strports.service(localhost_by_default(endpoint), factory)
+    return service

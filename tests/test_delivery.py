@@ -1,0 +1,282 @@
+"""Outbox delivery against a real HTTP server on loopback, with faults.
+
+Backoff sleeps run on an injected Clock; HTTP runs on the real reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from boardkit import guard
+from fakeserver import FakeKegbotServer
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from kegtwist.core.model import RecordDrink, RecordTemperature
+from kegtwist.delivery import DeliveryService, matches
+from kegtwist.outbox import Outbox
+from kegtwist.server import Drink, KegbotServerClient
+
+pytestmark = pytest.mark.integration
+WALL0 = 1_800_000_000.25
+
+
+def drink(
+    flow_id: int, ticks: int = 1000, user: str | None = "alice", meter: str = "kegboard.flow0"
+) -> RecordDrink:
+    end = WALL0 + flow_id
+    return RecordDrink(
+        flow_id, meter, ticks, ticks * 0.367, user, "core.rfid", end - 4, end, 4.0, "idle"
+    )
+
+
+def until(condition: Any) -> defer.Deferred[None]:
+    from twisted.internet import reactor
+
+    d: defer.Deferred[None] = defer.Deferred()
+
+    def check() -> None:
+        if condition():
+            d.callback(None)
+        else:
+            reactor.callLater(0.001, check)
+
+    check()
+    return guard(d)
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, key: str = "test-key", timeout: float = 5.0) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.fake = FakeKegbotServer()
+        self.fake.listen(reactor)
+        self.clock = Clock()
+        self.outbox = Outbox(tmp_path)
+        self.outbox.open()
+        self.client = KegbotServerClient(reactor, self.fake.url, key, timeout=timeout)
+        self.delivery = DeliveryService(
+            self.outbox, self.client, self.clock, wall=lambda: WALL0 + 60
+        )
+        self.delivered: list[tuple[int, int]] = []
+        self.delivery.listeners.append(
+            lambda item, drink_id: self.delivered.append((item.flow_id, drink_id))
+        )
+
+    def add(self, record: RecordDrink) -> None:
+        self.outbox.add_drink(record)
+        self.delivery.wake()
+
+    def retry_now(self) -> None:
+        self.clock.advance(200)  # past any backoff
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        if self.delivery.running:
+            yield self.delivery.stopService()
+        yield self.client.close()
+        yield self.fake.close()
+        self.outbox.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    yield r
+    pytest_twisted.blockon(r.close())
+
+
+def server_drinks(fake: FakeKegbotServer) -> list[tuple[int, str, str]]:
+    return [(d["ticks"], d["user_id"], d["time"]) for d in fake.drinks]
+
+
+@pytest_twisted.inlineCallbacks
+def test_drink_recorded_with_its_true_time(rig: Rig) -> Any:
+    rig.delivery.startService()
+    rig.add(drink(1))
+    yield until(lambda: rig.delivered)
+    [(ticks, user, when)] = server_drinks(rig.fake)
+    assert (ticks, user) == (1000, "alice")
+    assert datetime.fromisoformat(when) == datetime.fromisoformat(
+        "2027-01-15T08:00:01.250000+00:00"
+    )
+    assert len(rig.outbox) == 0
+    [(_method, _path, form, ctype)] = [r for r in rig.fake.requests if r[0] == "POST"]
+    assert ctype.startswith("application/x-www-form-urlencoded")
+    assert form["record_date"] == "2027-01-15T08:00:01.250000+00:00"
+
+
+@pytest_twisted.inlineCallbacks
+def test_server_clock_an_hour_off_does_not_move_the_drink(rig: Rig) -> Any:
+    rig.fake.clock_offset = timedelta(hours=1)
+    rig.delivery.startService()
+    rig.add(drink(1))
+    yield until(lambda: rig.delivered)
+    assert datetime.fromisoformat(rig.fake.drinks[0]["time"]).timestamp() == WALL0 + 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_long_outage_then_recorded_once_in_order(tmp_path: Path) -> Any:
+    r = Rig(tmp_path)
+    port = r.fake.port.getHost().port
+    yield r.fake.close()  # the server is down
+    try:
+        r.delivery.startService()
+        for flow_id in (1, 2, 3):
+            r.add(drink(flow_id, ticks=100 * flow_id))
+        yield until(lambda: r.delivery.state == "down")
+        for _ in range(
+            8
+        ):  # half an hour of backoff, capped at 3 minutes (each refusal takes 0.3 s)
+            r.clock.advance(180)
+            yield until(lambda: r.delivery._sleep is not None and not r.delivery._sleep.called)
+        assert r.fake.drinks == []
+        assert len(r.outbox) == 3
+        r.fake.listen(r.reactor, port)
+        r.retry_now()
+        yield until(lambda: len(r.delivered) == 3)
+        assert [d[0] for d in server_drinks(r.fake)] == [100, 200, 300]
+        assert r.delivery.state == "ok"
+    finally:
+        yield r.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_500_then_success_checks_before_resending(rig: Rig) -> Any:
+    rig.fake.fail_next(1, 500, method="POST")
+    rig.delivery.startService()
+    rig.add(drink(1))
+    yield until(lambda: rig.delivery.state == "down")
+    assert rig.outbox.drinks()[0].uncertain
+    rig.retry_now()
+    yield until(lambda: rig.delivered)
+    assert len(rig.fake.drinks) == 1
+    assert [r[:2] for r in rig.fake.requests] == [
+        ("POST", "taps/kegboard.flow0"),
+        ("GET", "drinks"),
+        ("POST", "taps/kegboard.flow0"),
+    ]
+
+
+@pytest_twisted.inlineCallbacks
+def test_connection_dropped_after_commit_gives_exactly_one_drink(rig: Rig) -> Any:
+    rig.fake.drop_after_commit_next(1)
+    rig.delivery.startService()
+    rig.add(drink(1))
+    yield until(lambda: rig.delivery.state == "down")
+    assert len(rig.fake.drinks) == 1  # the server committed it
+    rig.retry_now()
+    yield until(lambda: rig.delivered)
+    assert len(rig.fake.drinks) == 1
+    assert rig.outbox.stats.found_on_server == 1
+    assert rig.delivered == [(1, rig.fake.drinks[0]["id"])]
+
+
+@pytest_twisted.inlineCallbacks
+def test_hung_server_times_out_and_never_duplicates(tmp_path: Path) -> Any:
+    r = Rig(tmp_path, timeout=0.3)
+    try:
+        r.fake.hang_next(1, method="POST")
+        r.delivery.startService()
+        r.add(drink(1))
+        yield until(lambda: r.delivery.state == "down")
+        r.retry_now()
+        yield until(lambda: r.delivered)
+        assert len(r.fake.drinks) == 1
+    finally:
+        yield r.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_meter_goes_to_dead_letters_with_reason(rig: Rig) -> Any:
+    rig.delivery.startService()
+    rig.add(drink(1, meter="kegboard.flow9"))
+    rig.add(drink(2))
+    yield until(lambda: rig.delivered)
+    [letter] = rig.outbox.dead.values()
+    assert letter.status == 404
+    assert "FlowMeter matching query does not exist" in letter.reason
+    assert [d["ticks"] for d in rig.fake.drinks] == [1000]  # the next pour was not held up
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_user_is_reposted_as_guest(rig: Rig) -> Any:
+    rig.delivery.startService()
+    rig.add(drink(1, user="mallory"))
+    yield until(lambda: rig.delivered)
+    assert [(d["user_id"], d["ticks"]) for d in rig.fake.drinks] == [("guest", 1000)]
+    [note] = rig.outbox.dead.values()
+    assert note.item.username == "mallory"
+
+
+@pytest_twisted.inlineCallbacks
+def test_bad_key_loses_nothing_and_says_so(tmp_path: Path) -> Any:
+    from twisted.logger import globalLogPublisher
+
+    r = Rig(tmp_path, key="wrong-key")
+    errors: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") is not None and event["log_level"].name == "error":
+            from twisted.logger import formatEvent
+
+            errors.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        r.delivery.startService()
+        r.add(drink(1))
+        yield until(lambda: r.delivery.state == "bad_key")
+        r.retry_now()
+        yield until(lambda: len([q for q in r.fake.requests if q[0] == "POST"]) == 2)
+        assert r.fake.drinks == []
+        assert len(r.outbox) == 1 and not r.outbox.drinks()[0].uncertain
+        assert len(errors) == 1  # said once, not on every retry
+        assert "refused the API key" in errors[0] and "BadApiKeyError" in errors[0]
+        assert "wrong-key" not in errors[0]
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        r.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_temperature_delivered_and_stale_dropped(rig: Rig) -> Any:
+    rig.delivery.startService()
+    rig.outbox.add_temperature(
+        RecordTemperature("kegboard.thermo-1", 4.5, WALL0 - 3600)
+    )  # an hour old
+    rig.outbox.add_temperature(RecordTemperature("kegboard.thermo-2", 3.5, WALL0 + 50))
+    rig.delivery.wake()
+    yield until(lambda: len(rig.outbox) == 0)
+    assert [t["temperature_c"] for t in rig.fake.thermo.values()] == [3.5]
+    assert rig.outbox.stats.temperatures_dropped == 1
+
+
+def test_match_rule_needs_time_ticks_and_drinker() -> None:
+    from kegtwist.outbox import DrinkItem, record_date
+
+    item = DrinkItem(
+        1,
+        1,
+        "kegboard.flow0",
+        500,
+        100.0,
+        "alice",
+        None,
+        WALL0,
+        WALL0,
+        0.0,
+        "idle",
+        record_date(WALL0),
+    )
+    when = datetime.fromisoformat(record_date(WALL0))
+    assert matches(item, Drink(7, 500, 100.0, when, "alice", 1, 0))
+    assert not matches(item, Drink(7, 501, 100.0, when, "alice", 1, 0))
+    assert not matches(item, Drink(7, 500, 100.0, when, None, 1, 0))
+    assert not matches(item, Drink(7, 500, 100.0, when + timedelta(microseconds=1), "alice", 1, 0))
