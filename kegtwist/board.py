@@ -511,6 +511,8 @@ class BoardService(Service):
         self.boards: dict[str, BoardLink] = {}
         self._rescan: LoopingCall | None = None
         self._waiting_logged = False
+        self.relay_states: dict[str, bool] = {}
+        self._relay_waiters: list[tuple[set[str], defer.Deferred[set[str]]]] = []
 
     @property
     def globs(self) -> list[str]:
@@ -591,7 +593,44 @@ class BoardService(Service):
             del self.boards[name]
 
     def emit(self, item: BoardInput) -> None:
+        if isinstance(item, RelayStatus):
+            self.relay_states[item.relay_name] = item.on
+            if not item.on:
+                for waiter in list(self._relay_waiters):
+                    names, d = waiter
+                    names.discard(item.relay_name)
+                    if not names:
+                        self._relay_waiters.remove(waiter)
+                        d.callback(set())
         self.sink(item)
+
+    def wait_relays_off(self, relay_names: set[str], timeout: float) -> defer.Deferred[set[str]]:
+        """Fires once every named relay on a board of ours reported off, or
+        after ``timeout`` with the ones that did not confirm."""
+        names = {
+            name
+            for name in relay_names
+            if (parsed := naming.split_relay_name(name)) is not None and parsed[0] in self.boards
+        }
+        if not names:
+            return defer.succeed(set())
+        d: defer.Deferred[set[str]] = defer.Deferred()
+        waiter = (names, d)
+        self._relay_waiters.append(waiter)
+
+        def expire() -> None:
+            if waiter in self._relay_waiters:
+                self._relay_waiters.remove(waiter)
+                d.callback(set(names))
+
+        call = self.clock.callLater(timeout, expire)
+
+        def done(result: set[str]) -> set[str]:
+            if call.active():
+                call.cancel()
+            return result
+
+        return d.addCallback(done)
 
     # commands
 

@@ -80,6 +80,7 @@ class CoreService(Service):
         self._busy = False
         self._queue: list[CoreInput] = []
         self._last_checkpoint: bytes | None = None
+        self.closed_at_shutdown: set[str] = set()
 
     # inputs
 
@@ -272,7 +273,11 @@ class CoreService(Service):
         super().stopService()
         if self._stopped:
             return None
-        self._execute(self.core.shutdown(self.monotonic(), self.wall()))
+        effects = self.core.shutdown(self.monotonic(), self.wall())
+        self.closed_at_shutdown = {
+            e.relay_name for e in effects if isinstance(e, SetRelay) and not e.on
+        }
+        self._execute(effects)
         self._stopped = True
         self.write_checkpoint()
         if self._call is not None and self._call.active():

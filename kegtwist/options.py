@@ -196,6 +196,23 @@ register(
 )
 
 
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {value!r}")
+    return value
+
+
+register(
+    Option(
+        "log_format",
+        "text for people, json for machines (one JSON event per line on standard output).",
+        "text",
+        _log_format,
+        settings._choice("text", "json"),
+    )
+)
+
+
 class Options(usage.Options):
     """Options for the kegbot service; ``--help`` shows each default."""
 
@@ -236,6 +253,11 @@ class Options(usage.Options):
             self._resolve()
         except (settings.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+        parent = getattr(self, "parent", None)
+        if self.settings["log_format"] == "json" and parent is not None:
+            # twistd resolves ServerOptions["logger"] (a dotted name) after
+            # the subcommand's options are parsed, then its AppLogger uses it.
+            parent["logger"] = "kegtwist.logs.json_observer"
 
     def _resolve(self) -> None:
         file_settings = settings.FileSettings()

@@ -40,7 +40,13 @@ from urllib.parse import quote
 from treq.client import HTTPClient
 from twisted.internet import defer, error
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
 
 ErrorKind = Literal["unreachable", "unknown", "transient", "bad_key", "permanent"]
 DEFAULT_TIMEOUT = 10.0
@@ -302,6 +308,14 @@ def _network_error(failure_value: BaseException) -> ServerError:
 # --- the client --------------------------------------------------------------------
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line per connection attempt
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
 class KegbotServerClient:
     """Typed calls to the Kegbot Server API."""
 
@@ -320,7 +334,7 @@ class KegbotServerClient:
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._api_key = api_key
         self.timeout = timeout
-        self.pool = pool if pool is not None else HTTPConnectionPool(reactor, persistent=True)
+        self.pool = pool if pool is not None else _QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 4
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
 

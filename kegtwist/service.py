@@ -34,6 +34,7 @@ from .server import KegbotServerClient, ServerError
 from .taps import TapSyncService
 
 TOKEN_LOOKUP_TIMEOUT = 2.0
+VALVE_CONFIRM_SECONDS = 1.0
 
 log = Logger(namespace="kegtwist")
 
@@ -51,11 +52,23 @@ class KegbotService(MultiService):
 
     async def _stop_in_order(self) -> None:
         self.running = 0
+        log.info("Stopping: ending pours, closing valves, flushing the outbox")
         for child in reversed(list(self)):
             try:
                 await defer.maybeDeferred(child.stopService)
+                if child is self.core and self.core.closed_at_shutdown:
+                    unconfirmed = await self.boards.wait_relays_off(
+                        self.core.closed_at_shutdown, VALVE_CONFIRM_SECONDS
+                    )
+                    if unconfirmed:
+                        log.warn(
+                            "No board confirmed closing {relays} within {seconds} s",
+                            relays=", ".join(sorted(unconfirmed)),
+                            seconds=VALVE_CONFIRM_SECONDS,
+                        )
             except Exception:
                 log.failure("Stopping {service} failed", service=child.name)
+        log.info("Stopped cleanly")
 
 
 class Closer(Service):
@@ -211,4 +224,7 @@ def make_service(options: Options, reactor: Any | None = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    from .logs import install_signal_handlers
+
+    reactor.callWhenRunning(install_signal_handlers, reactor)
     return build(options, reactor)

@@ -235,8 +235,11 @@ def test_bad_key_loses_nothing_and_says_so(tmp_path: Path) -> Any:
         yield until(lambda: r.delivery.state == "bad_key")
         r.retry_now()
         yield until(lambda: len([q for q in r.fake.requests if q[0] == "POST"]) == 2)
+        # The server has answered the second POST; wait until the answer
+        # (a 401: the request surely did nothing) is back in the outbox.
+        yield until(lambda: not r.outbox.drinks()[0].uncertain)
         assert r.fake.drinks == []
-        assert len(r.outbox) == 1 and not r.outbox.drinks()[0].uncertain
+        assert len(r.outbox) == 1
         assert len(errors) == 1  # said once, not on every retry
         assert "refused the API key" in errors[0] and "BadApiKeyError" in errors[0]
         assert "wrong-key" not in errors[0]
