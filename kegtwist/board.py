@@ -30,7 +30,6 @@ import errno
 import glob
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from twisted.application.service import Service
@@ -45,6 +44,7 @@ from twisted.python.failure import Failure
 
 from . import kbsp, naming
 from .backoff import Backoff
+from .boardspec import AUTO_GLOBS, BoardSpec, parse_board_spec, parse_board_specs
 from .inputs import (
     BoardConnected,
     BoardGone,
@@ -56,7 +56,6 @@ from .inputs import (
 )
 
 BAUD_RATE = 115200
-AUTO_GLOBS = ("/dev/ttyUSB*", "/dev/ttyACM*")
 PING_INTERVAL = 2.0
 HELLO_TIMEOUT = 30.0
 RESCAN_INTERVAL = 2.0
@@ -65,50 +64,6 @@ REJECT_LOG_INTERVAL = 60.0
 
 InputSink = Callable[[BoardInput], None]
 FrameObserver = Callable[["BoardLink", kbsp.Event], None]
-
-
-# --- specs ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BoardSpec:
-    """One ``--kegboard`` value: kind is path, glob, tcp or none."""
-
-    kind: str
-    value: str
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def parse_board_spec(spec: str) -> list[BoardSpec]:
-    """Parse a ``--kegboard`` value; raise ValueError with a clear reason."""
-    spec = spec.strip()
-    if not spec:
-        raise ValueError("empty --kegboard value")
-    if spec == "none":
-        return [BoardSpec("none", spec)]
-    if spec == "auto":
-        return [BoardSpec("glob", g) for g in AUTO_GLOBS]
-    if spec.startswith("tcp:"):
-        host, sep, port = spec[4:].rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--kegboard {spec!r}: expected tcp:HOST:PORT")
-        return [BoardSpec("tcp", spec)]
-    if glob.has_magic(spec):
-        return [BoardSpec("glob", spec)]
-    return [BoardSpec("path", spec)]
-
-
-def parse_board_specs(values: list[str]) -> list[BoardSpec]:
-    specs: list[BoardSpec] = []
-    for value in values or ["auto"]:
-        specs.extend(parse_board_spec(value))
-    if any(s.kind == "none" for s in specs):
-        if len(specs) > 1:
-            raise ValueError("--kegboard none cannot be combined with other boards")
-        return []
-    return specs
 
 
 # --- protocol -------------------------------------------------------------
@@ -652,6 +607,7 @@ class BoardService(Service):
 
 
 __all__ = [
+    "AUTO_GLOBS",
     "BoardLink",
     "BoardService",
     "BoardSpec",

@@ -1,8 +1,11 @@
 """Logging and signals for ``twistd kegbot``.
 
 ``--log-format json`` hands twistd a JSON observer (one event per line on
-standard output, for journald or a log shipper); the default is twistd's
-text log.  Log events carry fields (tap, meter, flow id, drink id) either way.
+standard output, for journald or a log shipper); the default is text.  Both
+drop events below ``--log-level`` (default info): meter readings and frames
+are logged at debug level, and a Raspberry Pi's SD card should not take a
+line per reading for years.  Log events carry fields (tap, meter, flow id,
+drink id) either way.
 
 Signals: the first SIGTERM or SIGINT stops the daemon in order (pours
 recorded, valves closed, outbox flushed) and it exits with status 0; a
@@ -17,12 +20,31 @@ import signal
 import sys
 from typing import Any
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+LEVEL = LogLevel.info
+"""Set from ``--log-level`` before twistd calls the factories below."""
+
+
+def _filtered(observer: ILogObserver) -> ILogObserver:
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LEVEL)])
 
 
 def json_observer() -> ILogObserver:
     """A twistd ``--logger`` factory: JSON lines on standard output."""
-    return jsonFileLogObserver(sys.stdout, recordSeparator="")
+    return _filtered(jsonFileLogObserver(sys.stdout, recordSeparator=""))
+
+
+def text_observer() -> ILogObserver:
+    """A twistd ``--logger`` factory: twistd's text format on standard output."""
+    return _filtered(textFileLogObserver(sys.stdout))
 
 
 def install_signal_handlers(reactor: Any) -> None:

@@ -124,7 +124,10 @@ class TapSyncService(Service):
         except ServerError as e:
             if self.reachable is not False:
                 self.log.warn(
-                    "Cannot fetch taps from the Kegbot Server ({reason}); using the {count} tap(s) known",
+                    "Waiting for the Kegbot Server at {url} ({reason}); using the {count} tap(s) "
+                    "known, drinks wait in the outbox. Set --api-url (or $KEGBOT_API_URL), "
+                    "or --api-url none",
+                    url=self.client.api_url,
                     reason=e.reason,
                     count=len(self.taps),
                 )
