@@ -17,7 +17,7 @@ from typing import Any
 from twisted.python import usage
 
 from . import settings
-from .board import BoardSpec, parse_board_spec, parse_board_specs
+from .boardspec import BoardSpec, parse_board_spec, parse_board_specs
 from .core.config import CoreConfig
 
 
@@ -196,6 +196,64 @@ register(
 )
 
 
+def _redis_url(value: str) -> str:
+    if value != "none" and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            f"expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., unix:///PATH or 'none', got {value!r}"
+            if "@" not in value
+            else "expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., unix:///PATH or 'none'"
+        )
+    return value
+
+
+def _check_redis_url(where: str, value: Any) -> str:
+    try:
+        return _redis_url(settings._string(where, value))
+    except ValueError as e:
+        raise settings.ConfigError(f"{where}: {e}") from None
+
+
+register(
+    Option(
+        "redis_url",
+        "Redis for Kegnet, the event bus of displays, token readers and remote kegboard "
+        "daemons: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS), unix:///PATH[?db=N], "
+        "or 'none' for no bus. The password is never logged.",
+        "redis://localhost:6379/0",
+        _redis_url,
+        _check_redis_url,
+        env="KEGBOT_REDIS_URL",
+    )
+)
+register(
+    Option(
+        "channel",
+        "Kegnet pub/sub channel.",
+        "kegnet",
+        _text,
+        settings._string,
+    )
+)
+
+
+def _role(value: str) -> str:
+    if value not in ("all", "kegboard", "core"):
+        raise ValueError(f"expected all, kegboard or core, got {value!r}")
+    return value
+
+
+register(
+    Option(
+        "role",
+        "all: boards, core and bus in one daemon; kegboard: only this machine's boards, "
+        "over Kegnet (a remote kegboard daemon); core: no boards, everything over Kegnet.",
+        "all",
+        _role,
+        settings._choice("all", "kegboard", "core"),
+    )
+)
+
+
 def _log_format(value: str) -> str:
     if value not in ("text", "json"):
         raise ValueError(f"expected text or json, got {value!r}")
@@ -209,6 +267,23 @@ register(
         "text",
         _log_format,
         settings._choice("text", "json"),
+    )
+)
+
+
+def _log_level(value: str) -> str:
+    if value not in ("debug", "info", "warn", "error"):
+        raise ValueError(f"expected debug, info, warn or error, got {value!r}")
+    return value
+
+
+register(
+    Option(
+        "log_level",
+        "Least important events logged: debug shows every meter reading and frame.",
+        "info",
+        _log_level,
+        settings._choice("debug", "info", "warn", "error"),
     )
 )
 
@@ -253,11 +328,36 @@ class Options(usage.Options):
             self._resolve()
         except (settings.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+        self._choose_logger()
+        if getattr(self, "parent", None) is not None:
+            from . import lean
+
+            if not lean.needs_tls(self.settings):
+                lean.keep_tls_out()
+
+    def _choose_logger(self) -> None:
+        """Tell twistd which observer to use (it resolves ServerOptions
+        ["logger"], a dotted name, after the subcommand's options are parsed).
+
+        Text goes through our filtered observer only where twistd would
+        write to standard output anyway (``-n`` without ``--logfile``):
+        ``--logfile`` and ``--syslog`` keep twistd's own observers."""
+        from twisted.logger import LogLevel
+
+        from . import logs
+
+        logs.LEVEL = LogLevel.levelWithName(self.settings["log_level"])
         parent = getattr(self, "parent", None)
-        if self.settings["log_format"] == "json" and parent is not None:
-            # twistd resolves ServerOptions["logger"] (a dotted name) after
-            # the subcommand's options are parsed, then its AppLogger uses it.
+        if parent is None or parent.get("logger"):
+            return
+        if self.settings["log_format"] == "json":
             parent["logger"] = "kegtwist.logs.json_observer"
+        elif (
+            parent.get("nodaemon")
+            and parent.get("logfile") in (None, "", "-")
+            and not parent.get("syslog")
+        ):
+            parent["logger"] = "kegtwist.logs.text_observer"
 
     def _resolve(self) -> None:
         file_settings = settings.FileSettings()
@@ -294,6 +394,10 @@ class Options(usage.Options):
             if not key:
                 raise settings.ConfigError(f"--api-key-file {key_file} is empty")
             self.settings["api_key"] = key
+        if self.settings["role"] != "all" and self.settings["redis_url"] == "none":
+            raise settings.ConfigError(
+                f"--role {self.settings['role']} talks over Kegnet: it needs a --redis-url, not 'none'"
+            )
         if self.settings["manhole"] and not self.settings["manhole_keys"]:
             raise settings.ConfigError(
                 "--manhole needs --manhole-keys (an authorized_keys file): it never opens without a key"

@@ -7,10 +7,13 @@ the core closes valves while the boards are still open to hear it.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
@@ -28,10 +31,15 @@ from .core import (
 )
 from .core_service import CoreService, TokenResolver
 from .delivery import DeliveryService
+from .inputs import BoardInput
 from .options import Options
 from .outbox import Outbox
 from .server import KegbotServerClient, ServerError
 from .taps import TapSyncService
+
+if TYPE_CHECKING:
+    from .kegnet import KegnetBus
+    from .kegnet_bridge import KegnetBridge, Role
 
 TOKEN_LOOKUP_TIMEOUT = 2.0
 VALVE_CONFIRM_SECONDS = 1.0
@@ -40,12 +48,19 @@ log = Logger(namespace="kegtwist")
 
 
 class KegbotService(MultiService):
-    """Children stop one at a time, last started first."""
+    """Children stop one at a time, last started first.
 
-    boards: BoardService
-    core: CoreService
-    outbox: Outbox
-    delivery: DeliveryService | None
+    Which parts exist depends on ``--role``: a ``kegboard`` daemon has no
+    core, outbox or server; a ``core`` daemon has no boards."""
+
+    role: Role = "all"
+    boards: BoardService | None = None
+    core: CoreService | None = None
+    outbox: Outbox | None = None
+    delivery: DeliveryService | None = None
+    tap_sync: TapSyncService | None = None
+    bus: KegnetBus | None = None
+    bridge: KegnetBridge | None = None
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop_in_order())
@@ -55,8 +70,10 @@ class KegbotService(MultiService):
         log.info("Stopping: ending pours, closing valves, flushing the outbox")
         for child in reversed(list(self)):
             try:
+                if child is self.boards and self.core is None:
+                    await self._close_remote_commanded_relays()
                 await defer.maybeDeferred(child.stopService)
-                if child is self.core and self.core.closed_at_shutdown:
+                if child is self.core and self.core.closed_at_shutdown and self.boards is not None:
                     unconfirmed = await self.boards.wait_relays_off(
                         self.core.closed_at_shutdown, VALVE_CONFIRM_SECONDS
                     )
@@ -68,7 +85,18 @@ class KegbotService(MultiService):
                         )
             except Exception:
                 log.failure("Stopping {service} failed", service=child.name)
+        if self.bridge is not None:
+            self.bridge.stop()
         log.info("Stopped cleanly")
+
+    async def _close_remote_commanded_relays(self) -> None:
+        """A ``kegboard`` daemon closes the valves a remote core opened."""
+        assert self.boards is not None
+        opened = {name for name, on in self.boards.relay_states.items() if on}
+        for name in opened:
+            self.boards.set_relay(name, False)
+        if opened:
+            await self.boards.wait_relays_off(opened, VALVE_CONFIRM_SECONDS)
 
 
 class Closer(Service):
@@ -107,11 +135,93 @@ def build(
     wall: Callable[[], float] = time.time,
     token_resolver: TokenResolver | None = None,
 ) -> KegbotService:
-    """The whole daemon; tests inject a clock (and may inject a resolver)."""
+    """The whole daemon; tests inject a clock (and may inject a resolver).
+
+    Children start in this order and stop in reverse: the bus, the HTTP
+    pool, the outbox, delivery, simulated boards, boards, tap sync, the
+    core, the manhole.  So on stop the core ends pours and closes valves
+    while boards, outbox and bus still listen; Redis goes last.
+    """
     clock = clock if clock is not None else reactor
     config = options.settings
+    role: Role = config["role"]
     top = KegbotService()
+    top.role = role
 
+    bridge: KegnetBridge | None = None
+    if config["redis_url"] != "none":
+        bridge = _kegnet(top, config, reactor, clock, role)
+
+    if role != "kegboard":
+        _core_side(top, options, reactor, clock, monotonic, wall, token_resolver, bridge)
+
+    if role != "core":
+        _board_side(top, options, reactor, clock, bridge)
+
+    if top.core is not None:
+        top.core.setServiceParent(top)
+
+    if config["manhole"]:
+        from .inspect import namespace
+        from .manhole import manhole_service
+
+        manhole_service(
+            config["manhole"],
+            config["manhole_keys"],
+            Path(config["state_dir"]),
+            lambda: namespace(top),
+        ).setServiceParent(top)
+
+    if role != "all":
+        log.info(
+            "Role {role}: {what}",
+            role=role,
+            what="boards only, over Kegnet to a core elsewhere"
+            if role == "kegboard"
+            else "no boards here, meters and valves over Kegnet",
+        )
+    return top
+
+
+def _kegnet(
+    top: KegbotService, config: dict[str, Any], reactor: Any, clock: IReactorTime, role: Role
+) -> KegnetBridge:
+    """The bus and its bridge; imported only when a Redis URL is set."""
+    from .kegnet import KegnetBus, parse_redis_url
+    from .kegnet_bridge import KegnetBridge
+
+    target = parse_redis_url(config["redis_url"])
+    assert target is not None
+    origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    bridge_box: list[KegnetBridge] = []
+    bus = KegnetBus(
+        target,
+        config["channel"],
+        origin,
+        lambda event: bridge_box[0].on_event(event),
+        reactor=reactor,
+        core=role != "kegboard",
+    )
+    bridge = KegnetBridge(role, bus.publish, clock)
+    bridge_box.append(bridge)
+    top.bus = bus
+    top.bridge = bridge
+    bus.setServiceParent(top)  # first started, last stopped
+    return bridge
+
+
+def _core_side(
+    top: KegbotService,
+    options: Options,
+    reactor: Any,
+    clock: IReactorTime,
+    monotonic: Callable[[], float],
+    wall: Callable[[], float],
+    token_resolver: TokenResolver | None,
+    bridge: KegnetBridge | None,
+) -> None:
+    """Outbox, server client, delivery, tap sync and the core (not started yet)."""
+    config = options.settings
     state_dir = Path(config["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(state_dir)
@@ -150,7 +260,10 @@ def build(
             clock,
             pours_active=lambda: bool(core.pours),
         )
+        if bridge is not None:
+            delivery.listeners.append(bridge.drink_recorded)
     top.delivery = delivery
+    top.tap_sync = tap_sync
 
     def to_outbox(effect: Effect) -> None:
         if isinstance(effect, RecordDrink):
@@ -166,36 +279,10 @@ def build(
             delivery.wake()
 
     core_service.listeners.append(to_outbox)
-
-    board_specs = list(options.board_specs)
-    if config["simulate"]:
-        from .board import BoardSpec
-        from .simulate import SimulatedBoards, simulated_taps
-
-        simulated = SimulatedBoards(reactor, config["simulate"], config["simulate_pours"], clock)
-        simulated.setServiceParent(top)  # stops after the boards have closed
-        board_specs += [BoardSpec("path", path) for path in simulated.paths]
-        known = {t.meter for t in options.core_config.taps}
-        extra = tuple(t for t in simulated_taps(config["simulate"]) if t.meter not in known)
-        core.taps.update({t.meter: t for t in extra})
-        file_taps = options.core_config.taps + extra
-        if tap_sync is not None:
-            tap_sync.file_taps = tap_sync.taps = file_taps
-    boards = BoardService(board_specs, core_service.feed, reactor, clock)
-    core_service.relay_driver = boards.set_relay
-    top.boards = boards
-    boards.setServiceParent(top)
-    if tap_sync is not None:
-        tap_sync.setServiceParent(top)
-    core_service.setServiceParent(top)
-
-    if config["manhole"]:
-        from .inspect import namespace
-        from .manhole import manhole_service
-
-        manhole_service(
-            config["manhole"], config["manhole_keys"], state_dir, lambda: namespace(top)
-        ).setServiceParent(top)
+    if bridge is not None:
+        bridge.feed_core = core_service.feed
+        core_service.listeners.append(bridge.core_effect)
+        core_service.relay_driver = bridge.relay_driver
 
     if client is None:
         log.warn(
@@ -211,12 +298,60 @@ def build(
             else "no API key: set --api-key or $KEGBOT_API_KEY",
             dir=str(state_dir),
         )
-    if not core.taps and client is None:
+    if not core.taps and client is None and not config["simulate"]:
         log.warn(
             "No taps configured: ticks are counted but no pour is recorded. "
             "Add [[taps]] to a --config file (see tap-configs/kegbot.toml)"
         )
-    return top
+
+
+def _board_side(
+    top: KegbotService,
+    options: Options,
+    reactor: Any,
+    clock: IReactorTime,
+    bridge: KegnetBridge | None,
+) -> None:
+    """Simulated and real boards; their inputs go to the core and/or the bus."""
+    config = options.settings
+    core_service = top.core
+    board_specs = list(options.board_specs)
+    if config["simulate"]:
+        from .board import BoardSpec
+        from .simulate import SimulatedBoards, simulated_taps
+
+        simulated = SimulatedBoards(reactor, config["simulate"], config["simulate_pours"], clock)
+        simulated.setServiceParent(top)  # stops after the boards have closed
+        board_specs += [BoardSpec("path", path) for path in simulated.paths]
+        if core_service is not None:
+            core = core_service.core
+            known = {t.meter for t in options.core_config.taps}
+            extra = tuple(t for t in simulated_taps(config["simulate"]) if t.meter not in known)
+            core.taps.update({t.meter: t for t in extra})
+            if top.tap_sync is not None:
+                file_taps = options.core_config.taps + extra
+                top.tap_sync.file_taps = top.tap_sync.taps = file_taps
+
+    sinks: list[Callable[[BoardInput], None]] = []
+    if core_service is not None:
+        sinks.append(core_service.feed)
+    if bridge is not None:
+        sinks.append(bridge.board_input)
+
+    def board_input(item: BoardInput) -> None:
+        for sink in sinks:
+            sink(item)
+
+    boards = BoardService(board_specs, sinks[0] if len(sinks) == 1 else board_input, reactor, clock)
+    top.boards = boards
+    if bridge is not None:
+        bridge.owns_board = boards.owns
+        bridge.set_local_relay = boards.set_relay
+    elif core_service is not None:
+        core_service.relay_driver = boards.set_relay
+    boards.setServiceParent(top)
+    if top.tap_sync is not None:
+        top.tap_sync.setServiceParent(top)
 
 
 def make_service(options: Options, reactor: Any | None = None) -> IService:

@@ -15,10 +15,15 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def twistd(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def twistd(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The daemon, its state in ``cwd`` (never the user's own state dir)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KEGBOT_")}
+    environment["KEGBOT_STATE_DIR"] = str(cwd / "state")
+    environment.update(env or {})
     return subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "kegbot", *args],
         cwd=cwd,
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -68,15 +73,32 @@ def test_bad_kegboard_spec_stops_startup_with_one_clear_line(tmp_path: Path) -> 
 
 
 def test_starts_with_nothing_attached_and_says_what_it_waits_for(tmp_path: Path) -> None:
-    proc = twistd("--kegboard", str(tmp_path / "ttyNothing*"), cwd=tmp_path)
+    """No board, no Redis, no server: it runs, says once what it waits for
+    and how to configure it, keeps retrying quietly, and stops with 0."""
+    from redisd import free_port
+
+    env = {
+        "KEGBOT_API_URL": f"http://127.0.0.1:{free_port()}/api/",
+        "KEGBOT_REDIS_URL": f"redis://:hush-hush@127.0.0.1:{free_port()}/0",
+    }
+    proc = twistd("--kegboard", str(tmp_path / "ttyNothing*"), cwd=tmp_path, env=env)
     try:
         log = read_until(proc, "Waiting for a Kegboard")
-        assert f"{tmp_path}/ttyNothing*" in log
+        for needle in ("Waiting for the Kegbot Server", "Kegnet: waiting for Redis"):
+            if needle not in log:
+                log += read_until(proc, needle)
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-    assert proc.returncode in (0, -signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=20)
+    log += rest
+    assert proc.returncode == 0
+    assert f"{tmp_path}/ttyNothing*" in log and "--kegboard" in log
+    assert "--api-url" in log and "--redis-url" in log
+    for needle in ("Waiting for a Kegboard", "Waiting for the Kegbot Server", "Kegnet: waiting"):
+        assert log.count(needle) == 1, needle
+    assert "hush-hush" not in log and "Traceback" not in log
+    assert "Stopped cleanly" in log
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/ptmx"), reason="no pseudo-terminals")

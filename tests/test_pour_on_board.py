@@ -75,6 +75,8 @@ def rig(tmp_path: Any) -> Iterator[tuple[KegbotService, PtyKegboard, Clock, list
             str(tmp_path),
             "--api-url",
             "none",
+            "--redis-url",
+            "none",
         ]
     )
     daemon = build(

@@ -107,3 +107,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_parse_reports_source() -> None:
     with pytest.raises(settings.ConfigError, match=r"^here: pours\.x: unknown key"):
         settings.parse({"pours": {"x": 1}}, "here")
+
+
+def test_example_config_mentions_every_option() -> None:
+    from kegtwist.options import OPTIONS
+
+    text = (ROOT / "tap-configs" / "kegbot.toml").read_text()
+    missing = [o.name for o in OPTIONS if f"{o.name} =" not in text]
+    assert missing == []
