@@ -143,3 +143,26 @@ def test_publish_while_redis_is_absent_is_bounded(buses: list[Bus]) -> Generator
     newest = [json.loads(m)["data"]["reading"] for m in a.bus.queue]
     assert newest == list(range(15, 25))
     yield a.stop()
+
+
+def test_subscriber_reader_handles_any_chunking_and_replies() -> None:
+    """The subscriber's own RESP reader: pushes split anywhere, replies to
+    SUBSCRIBE in between, garbage drops the connection."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from kegtwist.kegnet import KegnetBus, RedisTarget, _Link
+
+    got: list[events.Event] = []
+    bus = KegnetBus(RedisTarget(), "kegnet", "me", got.append, reactor=Clock())
+    protocol = _Link(bus, subscriber=True)._make_protocol()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    payload = events.encode(events.MeterUpdate("k.flow0", 42, "other"))
+    push = b"*3\r\n$7\r\nmessage\r\n$6\r\nkegnet\r\n$%d\r\n%s\r\n" % (len(payload), payload)
+    stream = b"*3\r\n$9\r\nsubscribe\r\n$6\r\nkegnet\r\n:1\r\n" + push * 3
+    for i in range(len(stream)):
+        protocol.dataReceived(stream[i : i + 1])
+    assert got == [events.MeterUpdate("k.flow0", 42, "other")] * 3
+    protocol.dataReceived(b"?garbage\r\n")
+    assert transport.disconnecting
