@@ -159,7 +159,7 @@ message_strategy = st.one_of(
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     pieces, last = [], 0
-    for p in points + [len(data)]:
+    for p in [*points, len(data)]:
         pieces.append(data[last:p])
         last = p
     return pieces
