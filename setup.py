@@ -38,6 +38,7 @@ setup(
             "kegboard-info=kegtwist.tools.info:cli",
             "kegboard-set-serial=kegtwist.tools.set_serial:cli",
             "kegboard-sim=kegtwist.tools.sim:main",
+            "kegbot-outbox=kegtwist.tools.outbox:cli",
         ],
     },
     classifiers=[

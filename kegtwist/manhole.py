@@ -19,6 +19,7 @@ from twisted.application.service import IService
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
+from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import keys
 from twisted.cred import portal
 from zope.interface import implementer
@@ -39,6 +40,39 @@ class AuthorizedKeys:
 
     def getAuthorizedKeys(self, avatarId: bytes) -> Iterable[keys.Key]:
         return self.keys
+
+
+class TerminalSession(manhole_ssh.TerminalSession):  # type: ignore[misc]
+    """Twisted's session, made to survive what ssh clients do.
+
+    Twisted's own raises into the daemon's log (and drops the session) when
+    a client asks for no pty (``echo 'status()' | ssh ...``: no width),
+    resizes its window (``windowChanged``) or closes its input (``eofReceived``:
+    end of a piped script).  Here no pty means 80x24, a resize reaches the
+    terminal, and end of input ends the session once the output is sent.
+    """
+
+    width = 80
+    height = 24
+    _chained: Any = None
+    _proto: Any = None
+
+    def openShell(self, proto: Any) -> None:
+        self._proto = proto
+        self._chained = self.chainedProtocolFactory()
+        self.transportFactory(
+            proto, self._chained, IConchUser(self.original), self.width, self.height
+        )
+
+    def windowChanged(self, newWindowSize: tuple[int, int, int, int]) -> None:
+        self.height, self.width = newWindowSize[:2]
+        terminal = getattr(self._chained, "terminalProtocol", None)
+        if terminal is not None:
+            terminal.terminalSize(self.width, self.height)
+
+    def eofReceived(self) -> None:
+        if self._proto is not None:
+            self._proto.session.loseConnection()  # after buffered output
 
 
 def load_authorized_keys(path: str | Path) -> list[keys.Key]:
@@ -90,6 +124,7 @@ def manhole_service(
     authorized = load_authorized_keys(keys_path)
     checker = SSHPublicKeyChecker(AuthorizedKeys(authorized))
     realm: Any = manhole_ssh.TerminalRealm()
+    realm.sessionFactory = TerminalSession
 
     def session() -> insults.ServerProtocol:
         return insults.ServerProtocol(manhole.ColoredManhole, namespace())

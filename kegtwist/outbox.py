@@ -76,6 +76,28 @@ class DrinkItem:
     original_username: str | None = None  # set when re-posted as a guest
 
 
+class StateDirBusy(RuntimeError):
+    """Another process (a running kegbot) holds the state directory."""
+
+
+def lock_state_dir(directory: Path) -> Any:
+    """An exclusive lock on ``directory/lock`` for as long as the returned
+    file stays open: two processes appending to one journal would corrupt
+    it, and two cores would record every pour twice."""
+    import fcntl
+
+    f = open(directory / "lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise StateDirBusy(
+            f"another kegbot is using the state directory {directory} "
+            "(stop it, or give this one its own --state-dir)"
+        ) from None
+    return f
+
+
 @dataclass
 class TemperatureItem:
     seq: int
@@ -134,6 +156,7 @@ class Outbox:
         self._seq = 0
         self._finished_lines = 0
         self._file: Any = None
+        self._lock: Any = None
 
     # --- opening ----------------------------------------------------------
 
@@ -142,8 +165,10 @@ class Outbox:
         return self.directory / JOURNAL
 
     def open(self) -> None:
-        """Replay the journal, then keep it open for appending."""
+        """Take the state directory's lock, replay the journal, then keep it
+        open for appending."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_state_dir(self.directory)
         if self.path.exists():
             for record in self._read_journal():
                 self._apply(record)
@@ -159,6 +184,9 @@ class Outbox:
                 os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     def _cut_torn_tail(self) -> None:
         """Drop a last line a power cut left without its newline, so the

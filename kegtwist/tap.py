@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 from twisted.application.service import IService
 
 from .options import Options
 
 
 def makeService(options: Options) -> IService:
+    from .outbox import StateDirBusy
     from .service import make_service
 
-    return make_service(options)
+    try:
+        return make_service(options)
+    except StateDirBusy as e:
+        # One clear line, not a traceback: start-up cannot go on.
+        print(f"kegbot: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 __all__ = ["Options", "makeService"]

@@ -1,0 +1,104 @@
+"""kegbot-outbox: see what waits for the Kegbot Server, and decide about
+dead letters (drinks the server refused for good).
+
+    kegbot-outbox [--state-dir DIR] list        pending drinks and temperatures
+    kegbot-outbox [--state-dir DIR] dead        dead letters with the server's reason
+    kegbot-outbox [--state-dir DIR] retry N     queue dead letter N again
+    kegbot-outbox [--state-dir DIR] discard N   give dead letter N up for good
+
+It works on the outbox journal of a stopped daemon: a running one holds the
+state directory's lock (use its manhole's dead_letters(), retry(n) and
+discard(n) instead).  Every decision is written to the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from ..options import default_state_dir
+from ..outbox import DrinkItem, Outbox, StateDirBusy
+
+
+def _when(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _drink(item: DrinkItem) -> str:
+    return (
+        f"{item.meter_name} {item.ticks} ticks {item.volume_ml:.0f} mL "
+        f"{item.username or 'guest'} at {_when(item.end_wall)} (flow {item.flow_id})"
+    )
+
+
+def main(argv: list[str], out: TextIO) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kegbot-outbox",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("KEGBOT_STATE_DIR") or default_state_dir(),
+        help="the daemon's --state-dir [default: $KEGBOT_STATE_DIR or %(default)s]",
+    )
+    parser.add_argument("command", choices=("list", "dead", "retry", "discard"))
+    parser.add_argument("number", nargs="?", type=int, help="dead letter number (retry, discard)")
+    args = parser.parse_args(argv)
+    if args.command in ("retry", "discard") and args.number is None:
+        parser.error(f"{args.command} needs the dead letter's number (see: kegbot-outbox dead)")
+    if not os.path.isdir(args.state_dir):
+        print(f"kegbot-outbox: no state directory {args.state_dir}", file=out)
+        return 1
+    outbox = Outbox(args.state_dir)
+    try:
+        outbox.open()
+    except StateDirBusy as e:
+        print(
+            f"kegbot-outbox: {e}; while it runs, use its manhole: "
+            "dead_letters(), retry(n), discard(n)",
+            file=out,
+        )
+        return 2
+    try:
+        if args.command == "list":
+            print(f"{len(outbox.pending)} item(s) waiting for the Kegbot Server:", file=out)
+            for seq, item in outbox.pending.items():
+                if isinstance(item, DrinkItem):
+                    flag = " (sent once, outcome unknown)" if item.uncertain else ""
+                    print(f"  {seq}: drink {_drink(item)}{flag}", file=out)
+                else:
+                    print(
+                        f"  {seq}: temperature {item.sensor_name} {item.celsius:.1f} C at {_when(item.wall)}",
+                        file=out,
+                    )
+            print(f"{len(outbox.dead)} dead letter(s): kegbot-outbox dead", file=out)
+        elif args.command == "dead":
+            print(f"{len(outbox.dead)} dead letter(s):", file=out)
+            for seq, letter in sorted(outbox.dead.items()):
+                what = "note" if seq < 0 else "drink"
+                print(f"  {seq}: {what} {_drink(letter.item)}", file=out)
+                print(f"      refused ({letter.status}): {letter.reason}", file=out)
+        elif args.command == "retry":
+            if not outbox.retry_dead(args.number):
+                print(f"kegbot-outbox: no dead drink {args.number} to retry", file=out)
+                return 1
+            print(
+                f"Dead letter {args.number} queued again; the daemon sends it when it runs",
+                file=out,
+            )
+        else:
+            if not outbox.discard_dead(args.number):
+                print(f"kegbot-outbox: no dead letter {args.number}", file=out)
+                return 1
+            print(f"Dead letter {args.number} discarded (recorded in the journal)", file=out)
+    finally:
+        outbox.close()
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main(sys.argv[1:], sys.stdout))

@@ -1,0 +1,265 @@
+"""kill -9 and power cuts: the daemon as a real process, SIGKILLed at the
+worst moments, restarted; every pour is on the server exactly once, with
+every tick the board counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from fakeserver import API_KEY, FakeKegbotServer
+from kegnetkit import until
+from redisd import free_port
+
+from kegtwist.sim import PtyKegboard, SimulatedKegboard
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not os.path.exists("/dev/ptmx"), reason="no pseudo-terminals"),
+]
+BIN = Path(sys.executable).parent
+CONFIG = """
+[pours]
+idle_seconds = {idle}
+
+[[taps]]
+meter = "kegboard.flow0"
+ml_per_tick = 0.5
+
+[[taps]]
+meter = "kegboard.flow1"
+ml_per_tick = 0.25
+"""
+
+
+class Daemon:
+    """``twistd -n kegbot`` on a pty board and a loopback server, restartable."""
+
+    def __init__(self, tmp_path: Path, board: PtyKegboard, api_url: str, idle: float) -> None:
+        self.tmp_path = tmp_path
+        self.state = tmp_path / "state"
+        config = tmp_path / "kegbot.toml"
+        config.write_text(CONFIG.format(idle=idle))
+        self.args = [
+            "--config", str(config), "--kegboard", board.path, "--api-url", api_url,
+            "--api-key", API_KEY, "--redis-url", "none", "--state-dir", str(self.state),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def log(self) -> Path:
+        return self.tmp_path / f"daemon-{self.runs}.log"
+
+    def start(self) -> None:
+        self.runs += 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEGBOT_")}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "twistd"), "-n", "--pidfile=", "kegbot", *self.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def logged(self, needle: str) -> bool:
+        return needle in self.log.read_text()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def journal_drinks(self) -> int:
+        path = self.state / "outbox.jsonl"
+        if not path.exists():
+            return 0
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return sum(
+            1
+            for entry in lines
+            if entry.get("op") == "add" and entry.get("item", {}).get("kind") == "drink"
+        )
+
+    def checkpoint_knows(self, meter: str) -> bool:
+        path = self.state / "pours.json"
+        return path.exists() and meter in path.read_text()
+
+    def checkpoint_ticks(self, meter: str) -> int | None:
+        path = self.state / "pours.json"
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        for pour in state.get("pours", []):
+            if pour["tap"]["meter"] == meter:
+                return int(pour.get("ticks", 0))
+        return None
+
+
+@pytest.fixture
+def board() -> Iterator[PtyKegboard]:
+    from twisted.internet import reactor
+
+    pty = PtyKegboard(reactor, SimulatedKegboard())
+    yield pty
+    pty.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKegbotServer]:
+    server = FakeKegbotServer()
+    yield server
+    if server.port is not None:
+        pytest_twisted.blockon(server.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_killed_after_pours_ended_while_server_was_down(
+    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+) -> Generator[Any, Any, None]:
+    from twisted.internet import reactor
+
+    port = free_port()
+    daemon = Daemon(tmp_path, board, f"http://127.0.0.1:{port}/api/", idle=0.3)
+    daemon.start()
+    try:
+        yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
+        board.pour("flow0", 0)
+        board.pour("flow1", 0)  # baselines
+        yield until(lambda: daemon.checkpoint_knows("kegboard.flow1"), seconds=10)
+        for meter, ticks in (("flow0", 300), ("flow1", 120), ("flow0", 45)):
+            before = daemon.journal_drinks()
+            board.pour(meter, ticks)
+            yield until(lambda b=before: daemon.journal_drinks() == b + 1, seconds=10)
+        daemon.kill9()  # the pours ended and are journaled; the server never heard of them
+
+        fake.listen(reactor, port)  # the server comes back
+        daemon.start()
+        yield until(lambda: len(fake.drinks) == 3, seconds=20)
+        yield until(lambda: daemon.logged("Drink 3 recorded"), seconds=10)
+    finally:
+        daemon.stop()
+    assert sorted((d["meter_name"], d["ticks"]) for d in fake.drinks) == [
+        ("kegboard.flow0", 45),
+        ("kegboard.flow0", 300),
+        ("kegboard.flow1", 120),
+    ]
+    assert daemon.proc is not None and daemon.proc.returncode == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_killed_after_the_server_committed_but_before_the_answer(
+    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+) -> Generator[Any, Any, None]:
+    from twisted.internet import reactor
+
+    fake.listen(reactor)
+    fake.drop_after_commit_next()  # the server records it, the answer is lost
+    daemon = Daemon(tmp_path, board, fake.url, idle=0.3)
+    daemon.start()
+    try:
+        yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
+        board.pour("flow0", 0)
+        yield until(lambda: daemon.checkpoint_knows("kegboard.flow0"), seconds=10)
+        board.pour("flow0", 250)
+        yield until(lambda: len(fake.drinks) == 1, seconds=10)
+        daemon.kill9()  # its journal says "sending": the outcome is unknown to it
+        daemon.start()
+        yield until(lambda: daemon.logged("already recorded as drink 1"), seconds=20)
+        board.pour("flow0", 40)  # and life goes on: the next pour is a new drink, no tick twice
+        yield until(lambda: len(fake.drinks) == 2, seconds=10)
+    finally:
+        daemon.stop()
+    assert [d["ticks"] for d in fake.drinks] == [250, 40]
+
+
+@pytest_twisted.inlineCallbacks
+def test_killed_mid_pour_while_the_board_keeps_counting(
+    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+) -> Generator[Any, Any, None]:
+    from twisted.internet import reactor
+
+    fake.listen(reactor)
+    daemon = Daemon(tmp_path, board, fake.url, idle=2.0)
+    daemon.start()
+    try:
+        yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
+        board.pour("flow0", 0)
+        yield until(lambda: daemon.checkpoint_knows("kegboard.flow0"), seconds=10)
+        board.pour("flow0", 300)
+        yield until(lambda: daemon.checkpoint_ticks("kegboard.flow0") == 300, seconds=10)
+        daemon.kill9()  # mid-pour: the pour is open, the board has counted 300
+        board.pour("flow0", 200)  # nobody listening: the board keeps counting
+        daemon.start()
+        yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
+        board.pour("flow0", 100)
+        yield until(lambda: len(fake.drinks) == 1, seconds=20)
+    finally:
+        daemon.stop()
+    assert fake.drinks[0]["ticks"] == 600  # every tick: 300 + 200 + 100
+
+
+def test_checkpoint_written_with_the_drink_before_the_outbox_sees_it(tmp_path: Path) -> None:
+    """The crash window between the checkpoint and the outbox: a drink the
+    checkpoint holds and the outbox does not is recorded on restart; one the
+    outbox already has is not recorded twice; baselines include its ticks."""
+    from twisted.internet.task import Clock
+
+    from kegtwist.core import Core, CoreConfig, RecordDrink, TapConfig
+    from kegtwist.core_service import CoreService
+    from kegtwist.inputs import MeterReading
+
+    path = tmp_path / "pours.json"
+    config = CoreConfig(taps=(TapConfig("k.flow0", 0.5, None),))
+    clock = Clock()
+    seen: list[dict[str, Any]] = []
+
+    def crash_before_outbox(effect: object) -> None:
+        if isinstance(effect, RecordDrink):
+            seen.append(json.loads(path.read_text()))  # what a kill -9 now would leave
+
+    service = CoreService(Core(config), clock, monotonic=clock.seconds, checkpoint_path=path)
+    service.listeners.append(crash_before_outbox)
+    service.startService()
+    for reading in (0, 100, 300):
+        service.feed(MeterReading("k.flow0", reading))
+    clock.advance(11)  # idle: the pour ends
+    [state] = seen
+    assert state["meters"]["k.flow0"] == 300 and state["pours"] == []
+    assert [d["ticks"] for d in state["drinks"]] == [300]
+
+    for known, expected in ((False, [300]), (True, [])):
+        recorded: list[int] = []
+        restarted = CoreService(
+            Core(config),
+            clock,
+            monotonic=clock.seconds,
+            checkpoint_path=path,
+            already_recorded=lambda flow_id, k=known: k,
+        )
+        restarted.listeners.append(
+            lambda e, r=recorded: r.append(e.ticks) if isinstance(e, RecordDrink) else None
+        )
+        path.write_text(json.dumps(state))
+        restarted.startService()
+        assert recorded == expected
+        restarted.feed(MeterReading("k.flow0", 340))
+        assert restarted.core.pours["k.flow0"].ticks == 40  # not 340: no tick twice
