@@ -78,6 +78,7 @@ class DeliveryService(Service):
         wall: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
         stale_temperature_seconds: float = STALE_TEMPERATURE_SECONDS,
+        drain_seconds: float = 0.0,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -92,6 +93,8 @@ class DeliveryService(Service):
         self._sleep: defer.Deferred[None] | None = None
         self._loop: defer.Deferred[None] | None = None
         self._stopping = False
+        self.drain_seconds = drain_seconds
+        self._drained: defer.Deferred[None] | None = None
 
     # lifecycle
 
@@ -107,15 +110,30 @@ class DeliveryService(Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.drain_seconds > 0 and self.state == "ok" and self.outbox.next_item() is not None:
+            # Pours ended by the shutdown itself: with the server up, record
+            # them now rather than at the next start (they are safe either way).
+            self._drained = defer.Deferred()
+            self._drained.addTimeout(self.drain_seconds, self.clock)
+            try:
+                await self._drained
+            except defer.TimeoutError:
+                self.log.info(
+                    "{count} item(s) stay in the outbox for the next start", count=len(self.outbox)
+                )
+            self._drained = None
         self._stopping = True
         loop, self._loop = self._loop, None
         if loop is None:
-            return defer.succeed(None)
+            return
         # An in-flight request is abandoned: the journal already says
         # "sending", so the next start checks the server before resending.
         loop.addErrback(lambda f: f.trap(defer.CancelledError))
         loop.cancel()
-        return loop
+        await loop
 
     def wake(self) -> None:
         """Something was added to the outbox."""
@@ -128,6 +146,8 @@ class DeliveryService(Service):
         while not self._stopping:
             item = self.outbox.next_item()
             if item is None:
+                if self._drained is not None and not self._drained.called:
+                    self._drained.callback(None)
                 self._wakeup = defer.Deferred()
                 await self._wakeup
                 continue

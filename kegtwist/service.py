@@ -251,7 +251,7 @@ def _core_side(
     delivery: DeliveryService | None = None
     tap_sync: TapSyncService | None = None
     if client is not None:
-        delivery = DeliveryService(outbox, client, clock, wall=wall)
+        delivery = DeliveryService(outbox, client, clock, wall=wall, drain_seconds=2.0)
         delivery.setServiceParent(top)
         tap_sync = TapSyncService(
             client,
