@@ -59,6 +59,7 @@ def main() -> None:
     median = statistics.median(rates)
     print(f"median {median:,.0f} readings/s ({1e6 / median:.2f} us per reading); "
           f"runs: {', '.join(f'{r:,.0f}' for r in rates)}; effects per run: {effects:,}")  # fmt: skip
+    print(f"target (>= 100,000 readings/s): {'met' if median >= 100_000 else 'MISSED'}")
 
 
 if __name__ == "__main__":

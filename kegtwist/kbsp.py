@@ -447,6 +447,9 @@ class Decoder:
         pos = 0
         skipped = frames = unknown = 0
         find = buf.find
+        # The CRC runs over reflected bytes: reflect the whole snapshot once
+        # (one C call) rather than each frame's slice.
+        rbuf = buf.translate(_REFLECT8)
         unpack_header = _HEADER.unpack_from
         unpack_u32 = _U32.unpack_from
         crc = binascii.crc_hqx
@@ -478,7 +481,7 @@ class Decoder:
             if buf[end - 2] != 0x0D or buf[end - 1] != 0x0A:
                 pos = start + self._reject(out, "framing", "bad trailer", buf[start:end])
                 continue
-            if crc(buf[start : end - 2].translate(_REFLECT8), 0):
+            if crc(rbuf[start : end - 2], 0):
                 pos = start + self._reject(out, "crc", "CRC mismatch", buf[start:end])
                 continue
             frames += 1
