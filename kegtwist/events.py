@@ -12,8 +12,8 @@ Decoding never raises.  Whatever comes off the bus is one of:
 * :class:`Ignored`: an event name we do not know (forward compatibility) or
   an internal name of the classic core (``QuitEvent`` from any Redis client
   stopped it) that is never acted on from the wire;
-* :class:`Rejected`: not JSON, not an object, over 64 KiB, or a field of
-  the wrong type (a reading of ``"abc"``, ``"100"``, ``null``, ``1e400``,
+* :class:`Rejected`: not UTF-8, not JSON, not an object, over 64 KiB
+  (UTF-8 bytes, checked before parsing), or a field of the wrong type (a reading of ``"abc"``, ``"100"``, ``null``, ``1e400``,
   ``true``, a negative number).  The reason names the field.
 
 Times are Unix seconds in the values, ISO 8601 with a UTC offset on the
@@ -30,6 +30,9 @@ from typing import Any, ClassVar, Literal
 
 MAX_MESSAGE_BYTES = 64 * 1024
 U32_MAX = 2**32 - 1
+# Times outside [1970, 9999] cannot be written back as ISO 8601 (encode would
+# raise), and no pour happened then: rejected on input.
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 INTERNAL_EVENTS = frozenset(
     {
         "Ping",
@@ -273,16 +276,21 @@ def _float(data: dict[str, Any], name: str) -> float:
 
 
 def _time(data: dict[str, Any], name: str) -> float:
+    """ISO 8601 (a naive time is taken as UTC) or Unix seconds."""
     value = data.get(name)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            seconds = parsed.timestamp()
+        except (ValueError, OverflowError):
             raise _Bad("bad_field", f"{name} is not an ISO 8601 time: {_show(value)}") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    return _float(data, name)
+    else:
+        seconds = _float(data, name)
+    if not 0.0 <= seconds <= MAX_TIME:
+        raise _Bad("out_of_range", f"{name} {_show(value)} is not between 1970 and 9999")
+    return seconds
 
 
 def _choice(data: dict[str, Any], name: str, choices: tuple[str, ...]) -> Any:
@@ -375,13 +383,31 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _size(raw: bytes | str) -> int:
+    """Bytes on the wire; a str is measured as UTF-8 only when it could be
+    over the limit (a character is at most 4 bytes)."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return len(raw)
+    if len(raw) * 4 <= MAX_MESSAGE_BYTES:
+        return len(raw)
+    return len(raw.encode("utf-8", "surrogatepass"))
+
+
 def decode(raw: bytes | str) -> Decoded:
     """One message off the bus; never raises."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return Rejected("oversized", f"{len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
+    size = _size(raw)
+    if size > MAX_MESSAGE_BYTES:
+        return Rejected("oversized", f"{size} bytes, limit {MAX_MESSAGE_BYTES}")
+    if not isinstance(raw, str):
+        # Strictly UTF-8, as the facts say: json.loads(bytes) would guess
+        # UTF-16/32 from the byte pattern and accept them.
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return Rejected("invalid_utf8", f"byte {e.start}: {e.reason}")
     try:
         message = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    except (ValueError, RecursionError) as e:
         return Rejected("invalid_json", str(e)[:80])
     if not isinstance(message, dict):
         return Rejected("not_an_object", f"a JSON {type(message).__name__}")

@@ -12,6 +12,9 @@ connections it manages itself:
   connect, and a refusal is one more reason to retry later (Redis may be
   restarting with its password not yet configured);
 * the subscriber subscribes again after every reconnect;
+* every step has a deadline (connect, AUTH/SELECT/SUBSCRIBE, each PUBLISH)
+  and each connection is PINGed every 30 s, so a Redis that accepts and
+  never answers, or a peer gone without a FIN, is noticed and retried;
 * :meth:`KegnetBus.publish` never waits: while disconnected, events queue
   up to a bound, the oldest dropped and counted, and flush in order on
   reconnect;
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -42,6 +45,7 @@ from .backoff import Backoff
 
 CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0
+HEALTH_INTERVAL = 30.0  # PING each connection when it has been up this long
 REJECT_LOG_INTERVAL = 10.0
 STOP_FLUSH_SECONDS = 1.0
 
@@ -66,7 +70,8 @@ class RedisTarget:
         if self.path is not None:
             return f"unix://{auth}{self.path}?db={self.db}"
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{auth}{host}:{self.port}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisTarget | None:
@@ -74,26 +79,32 @@ def parse_redis_url(url: str) -> RedisTarget | None:
     ``unix://[[USER]:PASSWORD@]/PATH[?db=N]``, or ``none`` (None)."""
     if url == "none":
         return None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError("the Redis URL cannot be parsed (a bad [IPv6] host?)") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("a Redis URL starts with redis://, rediss:// or unix://")
+        raise ValueError("a Redis URL starts with redis://, rediss:// or unix://, or is none")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("a unix:// Redis URL needs a socket path: unix:///run/redis.sock")
     password = unquote(parts.password) if parts.password is not None else None
     username = unquote(parts.username) if parts.username else None
     query = parse_qs(parts.query)
     try:
         if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError("unix:// needs a socket path")
             db = int(query.get("db", ["0"])[0])
-            return RedisTarget(path=parts.path, db=db, password=password, username=username)
-        db_text = parts.path.lstrip("/") or query.get("db", ["0"])[0]
-        db = int(db_text)
-        port = parts.port or 6379
+        else:
+            db = int(parts.path.lstrip("/") or query.get("db", ["0"])[0])
+            port = parts.port if parts.port is not None else 6379
     except ValueError:
         # The message never repeats the URL: it may hold a password.
         raise ValueError("bad port or database number in the Redis URL") from None
     if db < 0:
         raise ValueError("the Redis database number must be 0 or more")
+    if parts.scheme == "unix":
+        return RedisTarget(path=parts.path, db=db, password=password, username=username)
+    if not 0 < port < 65536:
+        raise ValueError("the Redis port must be 1 to 65535")
     return RedisTarget(
         host=parts.hostname or "localhost",
         port=port,
@@ -106,14 +117,18 @@ def parse_redis_url(url: str) -> RedisTarget | None:
 
 @dataclass
 class BusStats(events.KegnetStats):
+    """The decoder's counters plus what the bus itself did."""
+
     published: int = 0
-    queued: int = 0
+    queued: int = 0  # events that waited in the queue (total, not current)
     dropped_queue_full: int = 0
-    publish_failed: int = 0
+    publish_failed: int = 0  # sent, then the connection went before Redis answered
+    encode_failed: int = 0
     echoes: int = 0
     handler_errors: int = 0
     foreign_cores: int = 0
     connects: int = 0
+    health_failures: int = 0
 
 
 class KegnetBus(Service):
@@ -132,11 +147,16 @@ class KegnetBus(Service):
         reactor: Any = None,
         queue_limit: int = 10_000,
         core: bool = True,
+        reply_timeout: float = REPLY_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        health_interval: float = HEALTH_INTERVAL,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        if queue_limit < 1:
+            raise ValueError("queue_limit must be at least 1")
         self.target = target
         self.channel = channel
         self.origin = origin
@@ -144,6 +164,9 @@ class KegnetBus(Service):
         self.reactor = reactor
         self.queue_limit = queue_limit
         self.core = core
+        self.reply_timeout = reply_timeout
+        self.connect_timeout = connect_timeout
+        self.health_interval = health_interval
         self.stats = BusStats()
         self.queue: deque[bytes] = deque()
         self.publisher: Any = None  # a ready txredisapi RedisProtocol, or None
@@ -154,41 +177,60 @@ class KegnetBus(Service):
         self._reject_suppressed: dict[str, int] = {}
         self._foreign_origins: set[str | None] = set()
         self._state: str | None = None
+        self._logged_reason = ""
         self.last_error = ""
 
     # --- publishing --------------------------------------------------------
 
     def publish(self, event: events.Event) -> None:
-        """Send now if connected, else queue (bounded); never waits."""
-        event = _with_origin(event, self.origin)
-        data = events.encode(event)
-        if self.publisher is not None and not self.queue and self.in_flight < self.queue_limit:
-            self._send(data)
+        """Send now if connected, else queue (bounded); never waits, never
+        raises (an event that cannot be encoded is a bug: logged, counted)."""
+        try:
+            data = events.encode(_with_origin(event, self.origin))
+        except (ValueError, OverflowError, TypeError):
+            self.stats.encode_failed += 1
+            self.log.failure("Kegnet: cannot encode {event}; not sent", event=event)
             return
+        if self.publisher is not None and not self.queue and self.in_flight < self.queue_limit:
+            if self._send(data):
+                return
         if len(self.queue) >= self.queue_limit:
             self.queue.popleft()
             self.stats.dropped_queue_full += 1
         self.queue.append(data)
         self.stats.queued += 1
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> bool:
+        try:
+            d = self.publisher.publish(self.channel, data)
+        except Exception:
+            # txredisapi raises at once if the connection has just gone and
+            # our link has not heard yet: keep the event for the next one.
+            return False
         self.in_flight += 1
-        d = self.publisher.publish(self.channel, data)
         d.addCallbacks(self._published, self._publish_failed)
+        return True
 
     def _published(self, result: object) -> None:
         self.in_flight -= 1
         self.stats.published += 1
+        if self.queue:
+            self._flush()  # the in-flight bound had held some back
 
     def _publish_failed(self, failure: Any) -> None:
-        # The connection went while the command was out: Kegnet is lossy by
+        # The connection went while the command was out (every waiting reply
+        # fails when it does, so in_flight returns to 0): Kegnet is lossy by
         # design (readings are cumulative), so count it and move on.
         self.in_flight -= 1
         self.stats.publish_failed += 1
 
     def _flush(self) -> None:
-        while self.queue and self.publisher is not None:
-            self._send(self.queue.popleft())
+        """Send queued events in order, as far as the in-flight bound allows."""
+        while self.queue and self.publisher is not None and self.in_flight < self.queue_limit:
+            data = self.queue.popleft()
+            if not self._send(data):
+                self.queue.appendleft(data)
+                break
 
     # --- receiving -----------------------------------------------------------
 
@@ -211,25 +253,39 @@ class KegnetBus(Service):
             self.on_event(result)
         except Exception:
             self.stats.handler_errors += 1
-            self.log.failure("Kegnet event {event} could not be handled", event=result)
+            if self._rate_limited("handler_error"):
+                return
+            self.log.failure(
+                "Kegnet event {event} could not be handled{more}",
+                event=result,
+                more=self._suppressed_note("handler_error"),
+            )
+
+    def _rate_limited(self, key: str) -> bool:
+        """True if a line for ``key`` was logged in the last 10 s (and count
+        this one as suppressed)."""
+        now = self.reactor.seconds()
+        last = self._reject_logged.get(key)
+        if last is not None and now - last < REJECT_LOG_INTERVAL:
+            self._reject_suppressed[key] = self._reject_suppressed.get(key, 0) + 1
+            return True
+        self._reject_logged[key] = now
+        return False
+
+    def _suppressed_note(self, key: str) -> str:
+        more = self._reject_suppressed.pop(key, 0)
+        if not more:
+            return ""
+        return f" (and {more} more like it since the last line)"
 
     def _log_reject(self, rejected: events.Rejected) -> None:
-        now = self.reactor.seconds()
-        last = self._reject_logged.get(rejected.reason)
-        if last is not None and now - last < REJECT_LOG_INTERVAL:
-            self._reject_suppressed[rejected.reason] = (
-                self._reject_suppressed.get(rejected.reason, 0) + 1
-            )
+        if self._rate_limited(rejected.reason):
             return
-        self._reject_logged[rejected.reason] = now
-        more = self._reject_suppressed.pop(rejected.reason, 0)
         self.log.warn(
             "Kegnet message rejected ({reason}): {detail}{more}",
             reason=rejected.reason,
             detail=rejected.detail,
-            more=f" (and {more} more like it in the last {REJECT_LOG_INTERVAL:.0f} s)"
-            if more
-            else "",
+            more=self._suppressed_note(rejected.reason),
         )
 
     def _foreign_core(self, origin: str | None) -> None:
@@ -248,6 +304,8 @@ class KegnetBus(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._state = None
+        self._logged_reason = ""
         self._links = [_Link(self, subscriber=False), _Link(self, subscriber=True)]
         for link in self._links:
             link.start()
@@ -259,29 +317,48 @@ class KegnetBus(Service):
     async def _stop(self) -> None:
         # Let the last events (valves closed, pours completed) leave first.
         waited = 0.0
-        while self.in_flight and self.publisher is not None and waited < STOP_FLUSH_SECONDS:
+        while (
+            (self.in_flight or self.queue)
+            and self.publisher is not None
+            and waited < STOP_FLUSH_SECONDS
+        ):
             d: defer.Deferred[None] = defer.Deferred()
             self.reactor.callLater(0.05, d.callback, None)
             await d
             waited += 0.05
-        for link in self._links:
-            await link.stop()
-        self._links = []
+        links, self._links = self._links, []
+        await defer.DeferredList([defer.Deferred.fromCoroutine(link.stop()) for link in links])
+        if self.queue:
+            self.log.info(
+                "Kegnet: stopped with {count} events not sent (Redis was unreachable)",
+                count=len(self.queue),
+            )
 
     def _link_changed(self) -> None:
         up = bool(self._links) and all(link.ready for link in self._links)
         state = "connected" if up else "down"
         if state == self._state:
+            if not up and self.running and self.last_error != self._logged_reason:
+                # Still down, for another reason (refused -> wrong password):
+                # worth one line, unlike every retry.
+                self._logged_reason = self.last_error
+                self.log.warn(
+                    "Kegnet: still waiting for Redis at {url}: {reason}",
+                    url=self.target.redacted(),
+                    reason=self.last_error,
+                )
             return
         first = self._state is None
         self._state = state
         if up:
+            self._logged_reason = ""
             self.log.info(
                 "Kegnet: connected to Redis at {url}, channel {channel}",
                 url=self.target.redacted(),
                 channel=self.channel,
             )
         elif self.running:
+            self._logged_reason = self.last_error
             self.log.warn(
                 "Kegnet: {what} Redis at {url} ({reason}); pours go on and are recorded, "
                 "events wait (at most {limit}). Set --redis-url (or $KEGBOT_REDIS_URL), "
@@ -318,15 +395,89 @@ class _OneConnection(Factory):
 
 
 def _with_origin(event: events.Event, origin: str) -> events.Event:
-    from dataclasses import replace
-
     return event if event.origin == origin else replace(event, origin=origin)
+
+
+_PROTOCOLS: tuple[Any, Any] | None = None
+
+
+def _protocol_classes() -> tuple[Any, Any]:
+    """txredisapi's RESP codec and commands with our own connection life
+    cycle, made on first use (importing txredisapi is not free)."""
+    global _PROTOCOLS
+    if _PROTOCOLS is not None:
+        return _PROTOCOLS
+    import txredisapi
+
+    class Owned:
+        """txredisapi's connectionMade sends AUTH/SELECT itself and, on any
+        failure, tells its factory to stop reconnecting for good; 1.4's
+        ``whenConnected`` never fires if asked after the connection is made;
+        1.4 calls ``factory.addConnection``.  We need none of it: the link
+        sends AUTH/SELECT/SUBSCRIBE and owns the retrying."""
+
+        lost: defer.Deferred[None]
+
+        def connectionMade(self) -> None:
+            self.connected = 1
+
+        def connectionLost(self, why: object) -> None:
+            self.connected = 0
+            # Every command still owed a reply fails now, as in txredisapi.
+            while self.replyQueue.waiting:  # type: ignore[attr-defined]
+                self.replyReceived(txredisapi.ConnectionError("Lost connection"))  # type: ignore[attr-defined]
+            if not self.lost.called:
+                self.lost.callback(None)
+
+    class Publisher(Owned, txredisapi.RedisProtocol):  # type: ignore[misc]
+        pass
+
+    class Subscriber(Owned, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+        """txredisapi's commands, our reader: txredisapi's line parser
+        pauses and resumes the transport (an epoll change and a callLater)
+        for every bulk string, which capped a core at ~14,000 messages/s;
+        this reader does ~4x that."""
+
+        _buffer = b""
+        on_message: Callable[[bytes, bytes], None]
+
+        def dataReceived(self, data: bytes) -> None:
+            buffer = self._buffer + data if self._buffer else data
+            pos = 0
+            end = len(buffer)
+            while pos < end:
+                if buffer.startswith(_MESSAGE_HEAD, pos):
+                    try:
+                        parsed = _push_message(buffer, pos + len(_MESSAGE_HEAD))
+                    except _ProtocolError:
+                        self._buffer = b""
+                        self.transport.loseConnection()
+                        return
+                    if parsed is None:
+                        break
+                    channel, payload, pos = parsed
+                    self.on_message(channel, payload)
+                    continue
+                reply = _parse_reply(buffer, pos)
+                if reply is None:
+                    break
+                value, pos = reply
+                if isinstance(value, _ProtocolError):
+                    self._buffer = b""
+                    self.transport.loseConnection()
+                    return
+                self.replyReceived(value)
+            self._buffer = buffer[pos:]
+
+    _PROTOCOLS = (Publisher, Subscriber)
+    return _PROTOCOLS
 
 
 class _Link:
     """One Redis connection kept up forever: connect, AUTH, SELECT,
-    SUBSCRIBE (subscriber) or flush the queue (publisher), wait for the
-    loss, back off, again."""
+    SUBSCRIBE (subscriber) or flush the queue (publisher), PING now and
+    then, wait for the loss, back off, again.  Every step has a deadline:
+    a Redis that accepts and never answers is as down as one that refuses."""
 
     log: ClassVar[Logger] = Logger()
 
@@ -337,7 +488,10 @@ class _Link:
         self.protocol: Any = None
         self.backoff = Backoff(initial=0.5, maximum=30.0, jitter=0.3)
         self._running = False
+        self._connecting: defer.Deferred[Any] | None = None
         self._sleep: defer.Deferred[None] | None = None
+        self._ping_call: Any = None
+        self._loss_reason: str | None = None
         self._task: defer.Deferred[None] | None = None
 
     def start(self) -> None:
@@ -345,23 +499,33 @@ class _Link:
         self._task = defer.Deferred.fromCoroutine(self._run())
 
     async def stop(self) -> None:
+        """Cancel a connect or a backoff in progress, close the connection,
+        and wait for the loop to end (at most about a second)."""
         self._running = False
+        self._cancel_ping()
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._sleep is not None and not self._sleep.called:
             self._sleep.cancel()
-        if self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.loseConnection()
+        protocol = self.protocol
+        if protocol is not None and protocol.transport is not None and protocol.connected:
+            protocol.transport.loseConnection()
+            # A peer that never reads would hold a graceful close forever.
+            abort = self.bus.reactor.callLater(1.0, _abort, protocol)
+            protocol.lost.addBoth(lambda _: abort.cancel() if abort.active() else None)
         if self._task is not None:
             try:
                 await self._task
             except Exception:
-                pass
+                self.log.failure("Kegnet: link ended with an error")
 
     def _endpoint(self) -> Any:
         target = self.bus.target
         reactor = self.bus.reactor
+        timeout = self.bus.connect_timeout
         if target.path is not None:
-            return UNIXClientEndpoint(reactor, target.path, timeout=CONNECT_TIMEOUT)
-        endpoint: Any = HostnameEndpoint(reactor, target.host, target.port, timeout=CONNECT_TIMEOUT)
+            return UNIXClientEndpoint(reactor, target.path, timeout=timeout)
+        endpoint: Any = HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
         if target.tls:
             from twisted.internet.endpoints import wrapClientTLS
             from twisted.internet.ssl import optionsForClientTLS
@@ -370,81 +534,73 @@ class _Link:
         return endpoint
 
     def _make_protocol(self) -> Any:
-        import txredisapi
-
+        publisher_class, subscriber_class = _protocol_classes()
         bus = self.bus
         if self.subscriber:
+            protocol = subscriber_class(charset=None, convertNumbers=False, replyTimeout=None)
+            protocol.on_message = bus._received
+        else:
+            protocol = publisher_class(
+                charset="utf-8", convertNumbers=False, replyTimeout=bus.reply_timeout
+            )
+        # txredisapi binds its timers to the global reactor at import time.
+        protocol.callLater = bus.reactor.callLater
+        protocol.lost = defer.Deferred()
+        return protocol
 
-            class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-                """txredisapi's commands, our reader: txredisapi's line
-                parser pauses and resumes the transport (an epoll change and
-                a callLater) for every bulk string, which capped a core at
-                ~14,000 messages/s; this reader does ~4x that."""
+    async def _command(self, protocol: Any, *args: Any) -> Any:
+        """One command with our deadline (txredisapi's replyTimeout spares
+        SUBSCRIBE, and the subscriber has none)."""
+        d = protocol.execute_command(*args, apply_timeout=False)
+        d.addTimeout(self.bus.reply_timeout, self.bus.reactor)
+        return await d
 
-                _buffer = b""
-
-                def dataReceived(self, data: bytes) -> None:
-                    buffer = self._buffer + data if self._buffer else data
-                    pos = 0
-                    end = len(buffer)
-                    while pos < end:
-                        if buffer.startswith(_MESSAGE_HEAD, pos):
-                            try:
-                                parsed = _push_message(buffer, pos + len(_MESSAGE_HEAD))
-                            except _ProtocolError:
-                                self.transport.loseConnection()
-                                return
-                            if parsed is None:
-                                break
-                            channel, payload, pos = parsed
-                            bus._received(channel, payload)
-                            continue
-                        reply = _parse_reply(buffer, pos)
-                        if reply is None:
-                            break
-                        value, pos = reply
-                        if isinstance(value, _ProtocolError):
-                            self.transport.loseConnection()
-                            return
-                        self.replyReceived(value)
-                    self._buffer = buffer[pos:]
-
-            return Subscriber(charset=None, convertNumbers=False, replyTimeout=None)
-        return txredisapi.RedisProtocol(
-            charset="utf-8", convertNumbers=False, replyTimeout=REPLY_TIMEOUT
-        )
-
-    async def _run(self) -> None:
+    async def _handshake(self, protocol: Any) -> None:
         import txredisapi
 
         target = self.bus.target
+        if target.password is not None:
+            if target.username:
+                try:
+                    await self._command(protocol, "AUTH", target.username, target.password)
+                except txredisapi.ResponseError as e:
+                    # Redis before 6 knows no users: AUTH takes one argument.
+                    if "wrong number of arguments" not in str(e):
+                        raise
+                    await self._command(protocol, "AUTH", target.password)
+            else:
+                await self._command(protocol, "AUTH", target.password)
+        if target.db:
+            await self._command(protocol, "SELECT", target.db)
+        if self.subscriber:
+            await self._command(protocol, "SUBSCRIBE", self.bus.channel)
+
+    async def _run(self) -> None:
         while self._running:
             protocol = self._make_protocol()
+            self._loss_reason = None
+            reason = "connection lost"
             try:
-                await self._endpoint().connect(_OneConnection(protocol))
+                self._connecting = self._endpoint().connect(_OneConnection(protocol))
+                try:
+                    await self._connecting
+                finally:
+                    self._connecting = None
                 self.protocol = protocol
                 if hasattr(protocol.transport, "setTcpKeepAlive"):
                     protocol.transport.setTcpKeepAlive(1)  # notice a silently dead peer
-                await protocol.whenConnected()
-                if target.password is not None:
-                    reply = await protocol.auth(target.password, target.username)
-                    if isinstance(reply, Exception):
-                        raise reply
-                if target.db:
-                    reply = await protocol.select(target.db)
-                    if isinstance(reply, Exception):
-                        raise reply
-                if self.subscriber:
-                    await protocol.subscribe(self.bus.channel)
-                lost = protocol.whenDisconnected()
-                self._up(protocol)
-                await lost
-            except (txredisapi.ResponseError, txredisapi.ConnectionError) as e:
-                self._down(protocol, _reason(e))
+                await self._handshake(protocol)
+                if self._running:
+                    self._up(protocol)
+                    await protocol.lost
+                    reason = self._loss_reason or reason
+            except defer.CancelledError:
+                reason = "stopped" if not self._running else "connect cancelled"
+            except defer.TimeoutError:
+                reason = f"no answer from Redis within {self.bus.reply_timeout:g} s"
             except Exception as e:
-                self._down(protocol, _reason(e))
-            else:
-                self._down(protocol, "connection lost")
+                reason = _reason(e)
+            self._down(protocol, reason)
             if not self._running:
                 break
             self._sleep = defer.Deferred()
@@ -467,21 +623,74 @@ class _Link:
         else:
             self.bus.publisher = protocol
             self.bus._flush()
+        self._schedule_ping(protocol)
         self.bus._link_changed()
 
     def _down(self, protocol: Any, reason: str) -> None:
-        if protocol.transport is not None:
-            protocol.transport.loseConnection()
+        self._cancel_ping()
+        if protocol.transport is not None and protocol.connected:
+            _abort(protocol)
         self.ready = False
         self.protocol = None
         if self.subscriber:
             self.bus.subscriber = None
         else:
             self.bus.publisher = None
-            # Replies still owed on the old connection never come.
-            self.bus.in_flight = 0
-        self.bus.last_error = reason
+        if self._running:
+            self.bus.last_error = reason
         self.bus._link_changed()
+
+    # --- health check --------------------------------------------------------
+
+    def _schedule_ping(self, protocol: Any) -> None:
+        if self.bus.health_interval > 0:
+            self._ping_call = self.bus.reactor.callLater(
+                self.bus.health_interval, self._ping, protocol
+            )
+
+    def _cancel_ping(self) -> None:
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+
+    def _ping(self, protocol: Any) -> None:
+        """A connection can die without a FIN (Redis host gone, NAT
+        forgot us); a subscriber would then wait forever for messages.
+        Any answer (even an error from an old Redis) proves it alive."""
+        self._ping_call = None
+        if protocol is not self.protocol or not self._running:
+            return
+        import txredisapi
+
+        def alive(_: object) -> None:
+            if protocol is self.protocol and self._running:
+                self._schedule_ping(protocol)
+
+        def failed(failure: Any) -> None:
+            if failure.check(txredisapi.ResponseError):
+                alive(None)
+                return
+            if protocol is self.protocol and protocol.connected:
+                self.bus.stats.health_failures += 1
+                self._loss_reason = f"no answer to PING within {self.bus.reply_timeout:g} s"
+                _abort(protocol)
+
+        try:
+            d = protocol.execute_command("PING", apply_timeout=False)
+        except Exception:
+            return  # the connection is going; the link hears of it
+        d.addTimeout(self.bus.reply_timeout, self.bus.reactor)
+        d.addCallbacks(alive, failed)
+
+
+def _abort(protocol: Any) -> None:
+    transport = protocol.transport
+    if transport is None or not protocol.connected:
+        return
+    if hasattr(transport, "abortConnection"):
+        transport.abortConnection()
+    else:
+        transport.loseConnection()
 
 
 # --- a RESP2 reader for the subscriber connection ---------------------------

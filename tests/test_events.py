@@ -91,7 +91,35 @@ def test_times_accepted_as_iso_or_unix_seconds() -> None:
 
 MALFORMED: list[tuple[Any, str]] = [
     (b"{not json", "invalid_json"),
-    (b"\xff\xfe", "invalid_json"),
+    (b"\xff\xfe", "invalid_utf8"),
+    (b'{"event": "MeterUpdate", "data": {"meter_name": "\xe9", "reading": 1}}', "invalid_utf8"),
+    # UTF-16 is what json.loads(bytes) would guess here; the wire is UTF-8.
+    ('{"event": "ControllerConnectedEvent"}'.encode("utf-16-le"), "invalid_json"),
+    (b"\xef\xbb\xbf{}", "invalid_json"),
+    (b"", "invalid_json"),
+    (b"[" * 100_000, "oversized"),
+    (b"[" * 60_000, "invalid_json"),  # deep nesting: RecursionError, caught
+    (
+        b'{"event": "MeterUpdate", "data": {"meter_name": "a", "reading": 1' + b"0" * 5000 + b"}}",
+        "invalid_json",
+    ),
+    (
+        b'{"event": "MeterUpdate", "data": {"meter_name": "a.flow0", "reading": 4294967296}}',
+        "out_of_range",
+    ),
+    (b'{"event": "MeterUpdate", "data": {"meter_name": "a.flow0", "reading": 1.5}}', "bad_field"),
+    (
+        b'{"event": "MeterUpdate", "data": {"meter_name": "a.flow0", "reading": Infinity}}',
+        "invalid_json",
+    ),
+    (b'{"event": "MeterUpdate", "data": {"meter_name": null, "reading": 1}}', "bad_field"),
+    (b'{"event": "MeterUpdate", "data": {"reading": 1}}', "bad_field"),
+    (b'{"event": 7, "data": {}}', "no_event_name"),
+    (b'{"event": "FlowRequest", "data": {"meter_name": "m", "request": "explode"}}', "bad_field"),
+    (
+        b'{"event": "TokenAuthEvent", "data": {"auth_device_name": "core.rfid", "token_value": "ab", "status": "gone"}}',
+        "bad_field",
+    ),
     (b"[1, 2]", "not_an_object"),
     (b'"MeterUpdate"', "not_an_object"),
     (b'{"event": "MeterUpdate"}', "bad_data"),
@@ -123,6 +151,43 @@ MALFORMED: list[tuple[Any, str]] = [
         "oversized",
     ),
 ]
+
+
+def _flow_update_with(**changes: Any) -> bytes:
+    data = {
+        "flow_id": 1, "meter_name": "m", "state": "idle", "username": None, "ticks": 1,
+        "volume_ml": 1.0, "start_time": 0, "last_activity_time": 0,
+    }  # fmt: skip
+    data.update(changes)
+    return json.dumps({"event": "FlowUpdate", "data": data}).encode()
+
+
+MALFORMED += [
+    (_flow_update_with(start_time=1e300), "out_of_range"),
+    (_flow_update_with(start_time=-1), "out_of_range"),
+    (_flow_update_with(last_activity_time="9999-12-31T23:59:59-23:59"), "out_of_range"),
+    (_flow_update_with(start_time="yesterday"), "bad_field"),
+    (_flow_update_with(start_time=None), "bad_field"),
+    (_flow_update_with(state="pouring"), "bad_field"),
+    (_flow_update_with(ticks=True), "bad_field"),
+    (_flow_update_with(volume_ml="1"), "bad_field"),
+    (_flow_update_with(username=5), "bad_field"),
+]
+
+
+def test_size_limit_counts_utf8_bytes_of_a_str() -> None:
+    """64 KiB of wire, not of characters: 30,000 euro signs are 90,000 bytes."""
+    text = (
+        '{"event":"MeterUpdate","data":{"meter_name":"a","reading":1,"x":"'
+        + "\u20ac" * 30000
+        + '"}}'
+    )
+    assert events.decode(text) == events.Rejected(
+        "oversized", f"{len(text.encode())} bytes, limit 65536"
+    )
+    assert events.decode(text.encode()).reason == "oversized"  # type: ignore[union-attr]
+    small = '{"event":"MeterUpdate","data":{"meter_name":"\u20ac","reading":1}}'
+    assert events.decode(small) == events.decode(small.encode()) == events.MeterUpdate("\u20ac", 1)
 
 
 @pytest.mark.parametrize(("raw", "reason"), MALFORMED)
@@ -217,6 +282,15 @@ json_values = st.recursive(
     lambda children: st.lists(children) | st.dictionaries(st.text(), children),
     max_leaves=20,
 )
+strict_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=10,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -224,6 +298,8 @@ json_values = st.recursive(
 def test_arbitrary_input_never_raises(raw: bytes) -> None:
     result = events.decode(raw)
     assert isinstance(result, events.Rejected | events.Ignored) or hasattr(result, "NAME")
+    if not isinstance(result, events.Rejected | events.Ignored):
+        events.encode(result)  # whatever is accepted can be sent on again
 
 
 @settings(max_examples=200, deadline=None)
@@ -247,4 +323,19 @@ def test_arbitrary_input_never_raises(raw: bytes) -> None:
     ),
 )
 def test_any_data_for_a_known_event_never_raises(name: str, data: dict[str, Any]) -> None:
-    events.decode(json.dumps({"event": name, "data": data}))
+    result = events.decode(json.dumps({"event": name, "data": data}))
+    if not isinstance(result, events.Rejected | events.Ignored):
+        events.encode(result)  # whatever is accepted can be sent on again
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_strategy, st.dictionaries(st.text(max_size=10), strict_json_values, max_size=3))
+def test_classic_indented_form_and_unknown_fields_decode_the_same(
+    event: events.Event, extra: dict[str, Any]
+) -> None:
+    """What the classic encoder sends (2-space indent) with fields a newer
+    daemon might add decodes to the same event."""
+    wire = json.loads(events.encode(event))
+    for key, value in extra.items():
+        wire["data"].setdefault(key, value)
+    assert events.decode(json.dumps(wire, indent=2)) == events.decode(events.encode(event))

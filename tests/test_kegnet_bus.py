@@ -3,6 +3,7 @@ bounded queue, passwords, hostile input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Generator
 from typing import Any
@@ -81,7 +82,8 @@ def test_ten_thousand_malformed_messages_are_counted_not_fatal(
     yield until(lambda: listener.bus.stats.received == 10_002, seconds=30)
     stats = listener.bus.stats
     assert stats.rejected == 10_000
-    assert stats.reasons["oversized"] == 10 and stats.reasons["invalid_json"] >= 1000
+    assert stats.reasons["oversized"] == 10 and stats.reasons["invalid_utf8"] == 1000
+    assert stats.reasons["invalid_json"] == 990 and stats.reasons["not_an_object"] == 2000
     assert stats.ignored == 1  # the QuitEvent: nothing happened
     assert listener.received == [events.MeterUpdate("k.flow0", 7, "S")]
     assert listener.bus.running and listener.bus.connected
@@ -166,3 +168,236 @@ def test_subscriber_reader_handles_any_chunking_and_replies() -> None:
     assert got == [events.MeterUpdate("k.flow0", 42, "other")] * 3
     protocol.dataReceived(b"?garbage\r\n")
     assert transport.disconnecting
+
+
+# --- the bus's own judgement, on a fake clock (no Redis) -------------------
+
+
+class _Recorded:
+    """A bus on a Clock whose log lines are kept."""
+
+    def __init__(self, *, core: bool = True, on_event: Any = None) -> None:
+        from twisted.internet.task import Clock
+        from twisted.logger import Logger
+
+        from kegtwist.kegnet import KegnetBus, RedisTarget
+
+        self.clock = Clock()
+        self.lines: list[dict[str, Any]] = []
+        self.received: list[events.Event] = []
+        self.bus = KegnetBus(
+            RedisTarget(),
+            "kegnet",
+            "me",
+            on_event or self.received.append,
+            reactor=self.clock,
+            core=core,
+        )
+        self.bus.log = Logger(observer=self.lines.append)  # type: ignore[misc]
+
+    def feed(self, raw: bytes) -> None:
+        self.bus._received(b"kegnet", raw)
+
+    def levels(self) -> list[str]:
+        return [line["log_level"].name for line in self.lines]
+
+
+def test_rejects_are_logged_at_most_once_per_ten_seconds_per_reason() -> None:
+    r = _Recorded()
+    for _ in range(500):
+        r.feed(b"{not json")
+        r.feed(b"[1]")
+    assert r.bus.stats.rejected == 1000 and len(r.lines) == 2  # one per reason
+    r.clock.advance(9.9)
+    r.feed(b"{not json")
+    assert len(r.lines) == 2
+    r.clock.advance(0.2)
+    r.feed(b"{not json")
+    assert len(r.lines) == 3 and "500 more" in r.lines[-1]["more"]
+
+
+def test_quit_event_from_the_wire_changes_nothing() -> None:
+    r = _Recorded()
+    for name in ("QuitEvent", "StartedEvent", "Ping", "SyncEvent"):
+        r.feed(json.dumps({"event": name, "data": {}}).encode())
+    assert r.received == [] and r.bus.stats.ignored == 4 and r.bus.stats.rejected == 0
+    assert r.bus.stats.reasons == {"internal_event": 4}
+    assert r.levels() == ["warn"]  # said once (rate-limited), acted on never
+
+
+def test_own_echoes_are_dropped_and_counted() -> None:
+    r = _Recorded()
+    r.feed(events.encode(events.MeterUpdate("k.flow0", 5, "me")))
+    r.feed(events.encode(events.MeterUpdate("k.flow0", 6, "someone")))
+    r.feed(events.encode(events.MeterUpdate("k.flow0", 7)))  # a classic daemon: no origin
+    assert [e.reading for e in r.received] == [6, 7]  # type: ignore[union-attr]
+    assert r.bus.stats.echoes == 1 and r.lines == []
+
+
+def test_a_failing_handler_is_logged_not_raised() -> None:
+    def boom(event: events.Event) -> None:
+        raise RuntimeError("handler bug")
+
+    r = _Recorded(on_event=boom)
+    for i in range(100):
+        r.feed(events.encode(events.MeterUpdate("k.flow0", i)))
+    assert r.bus.stats.handler_errors == 100 and r.bus.stats.decoded == 100
+    assert r.levels() == ["critical"]  # log.failure, once in 10 s, with the traceback
+    r.clock.advance(11)
+    r.feed(events.encode(events.MeterUpdate("k.flow0", 1)))
+    assert len(r.lines) == 2 and "99 more" in r.lines[-1]["more"]
+
+
+def test_a_second_core_on_the_channel_is_an_error_once_per_origin() -> None:
+    r = _Recorded()
+    flow = events.FlowUpdate(1, "k.flow0", "active", None, 1.0, 2.0, 10, 3.0, "other-core")
+    for _ in range(3):
+        r.feed(events.encode(flow))
+    r.feed(events.encode(dataclasses.replace(flow, origin="third-core")))
+    assert r.levels() == ["error", "error"] and r.bus.stats.foreign_cores == 2
+    assert len(r.received) == 4  # still handed on: a display may want it
+    kegboard = _Recorded(core=False)  # a kegboard-only daemon expects a core
+    kegboard.feed(events.encode(flow))
+    assert kegboard.lines == [] and kegboard.bus.stats.foreign_cores == 0
+
+
+def test_an_event_that_cannot_be_encoded_is_counted_not_raised() -> None:
+    r = _Recorded()
+    r.bus.publish(events.FlowUpdate(1, "k.flow0", "active", None, 1e300, 2.0, 1, 1.0))
+    r.bus.publish(events.ThermoEvent("t", float("nan")))
+    assert r.bus.stats.encode_failed == 2 and len(r.bus.queue) == 0
+    r.bus.publish(events.ThermoEvent("t", 4.5))
+    assert len(r.bus.queue) == 1  # not connected: queued
+
+
+def test_queue_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        _Recorded().bus.__init__(  # type: ignore[misc]
+            parse_redis_url("redis://h"), "kegnet", "me", print, queue_limit=0
+        )
+
+
+def test_more_urls() -> None:
+    t = parse_redis_url("redis://user:p%40ss@[::1]:7000/1")
+    assert t is not None and (t.username, t.password, t.host, t.port) == (
+        "user",
+        "p@ss",
+        "::1",
+        7000,
+    )
+    assert t.redacted() == "redis://user:***@[::1]:7000/1"
+    assert parse_redis_url("redis://h?db=4").db == 4  # type: ignore[union-attr]
+    for bad in (
+        "http://h",
+        "localhost:6379",
+        "unix://",
+        "redis://h/-1",
+        "redis://h:0",
+        "redis://[::1",
+    ):
+        with pytest.raises(ValueError):
+            parse_redis_url(bad)
+
+
+# --- more against a real redis-server --------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_events_held_back_by_the_in_flight_bound_still_go_out_in_order(
+    redis_server: RedisServer, buses: list[Bus]
+) -> Generator[Any, Any, None]:
+    a, b = Bus(redis_server.url, "A", queue_limit=5), Bus(redis_server.url, "B")
+    buses += [a, b]
+    yield until(lambda: a.bus.connected and b.bus.connected)
+    for i in range(9):
+        a.bus.publish(events.MeterUpdate("k.flow0", i))
+    assert a.bus.in_flight == 5 and len(a.bus.queue) == 4  # sent 5, 4 wait for replies
+    yield until(lambda: len(b.received) == 9)
+    assert [e.reading for e in b.received] == list(range(9))  # type: ignore[union-attr]
+    assert a.bus.stats.dropped_queue_full == 0 and a.bus.in_flight == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hung_redis_is_noticed_and_survived(
+    redis_server: RedisServer, buses: list[Bus]
+) -> Generator[Any, Any, None]:
+    """SIGSTOP: connections stay open, nothing answers (as a dead host or a
+    NAT that forgot us). PING finds out; after SIGCONT all comes back."""
+    import os
+    import signal
+
+    a = Bus(redis_server.url, "A", reply_timeout=0.3, health_interval=0.2)
+    b = Bus(redis_server.url, "B")
+    buses += [a, b]
+    yield until(lambda: a.bus.connected and b.bus.connected)
+    assert redis_server.process is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        yield until(lambda: not a.bus.connected and a.bus.stats.health_failures >= 1)
+        assert "no answer" in a.bus.last_error
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    yield until(lambda: a.bus.connected, seconds=15)
+    b.bus.publish(events.ControllerConnectedEvent("kegboard"))
+    yield until(lambda: events.ControllerConnectedEvent("kegboard", "B") in a.received)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_never_answers_does_not_hang_start_or_stop(
+    buses: list[Bus],
+) -> Generator[Any, Any, None]:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        port = silent.getHost().port
+        a = Bus(f"redis://:pw@127.0.0.1:{port}/2", "A", reply_timeout=0.2)
+        buses.append(a)
+        yield until(lambda: "no answer" in a.bus.last_error)
+        assert not a.bus.connected
+        a.bus.publish(events.MeterUpdate("k.flow0", 1))
+        assert len(a.bus.queue) == 1
+        started = reactor.seconds()
+        yield a.stop()
+        assert reactor.seconds() - started < 2
+    finally:
+        yield silent.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_auth_with_a_user_name(tmp_path: Any, buses: list[Bus]) -> Generator[Any, Any, None]:
+    server = RedisServer(tmp_path, password="pw").start()
+    try:
+        a = Bus(f"redis://default:pw@127.0.0.1:{server.port}/3", "A")
+        b = Bus(f"redis://:pw@127.0.0.1:{server.port}/3", "B")
+        buses += [a, b]
+        yield until(lambda: a.bus.connected and b.bus.connected)
+        a.bus.publish(events.SetRelayOutputEvent("kegboard.relay0", "enabled"))
+        yield until(lambda: len(b.received) == 1)
+    finally:
+        server.kill()
+
+
+@pytest_twisted.inlineCallbacks
+def test_unix_socket(tmp_path: Any, buses: list[Bus]) -> Generator[Any, Any, None]:
+    import subprocess
+
+    from redisd import redis_binary
+
+    sock = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [redis_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield until(sock.exists)
+        a, b = Bus(f"unix://{sock}?db=5", "A"), Bus(f"unix://{sock}?db=5", "B")
+        buses += [a, b]
+        yield until(lambda: a.bus.connected and b.bus.connected)
+        a.bus.publish(events.ThermoEvent("kegboard.thermo-1", 4.5))
+        yield until(lambda: b.received == [events.ThermoEvent("kegboard.thermo-1", 4.5, "A")])
+    finally:
+        process.kill()
+        process.wait(5)
