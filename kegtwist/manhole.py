@@ -22,12 +22,16 @@ from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import keys
 from twisted.cred import portal
+from twisted.internet.error import ProcessDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .errors import StartupError
 
 HOST_KEY_FILE = "manhole_host_key"
 
 
-class ManholeError(ValueError):
+class ManholeError(StartupError, ValueError):
     """A manhole setting that must stop start-up."""
 
 
@@ -49,7 +53,8 @@ class TerminalSession(manhole_ssh.TerminalSession):  # type: ignore[misc]
     a client asks for no pty (``echo 'status()' | ssh ...``: no width),
     resizes its window (``windowChanged``) or closes its input (``eofReceived``:
     end of a piped script).  Here no pty means 80x24, a resize reaches the
-    terminal, and end of input ends the session once the output is sent.
+    terminal, and end of input ends the session with exit status 0 (ssh
+    exits 0, not 255) once the output is sent.
     """
 
     width = 80
@@ -72,7 +77,8 @@ class TerminalSession(manhole_ssh.TerminalSession):  # type: ignore[misc]
 
     def eofReceived(self) -> None:
         if self._proto is not None:
-            self._proto.session.loseConnection()  # after buffered output
+            # exit status 0, then close once the output is sent
+            self._proto.processEnded(Failure(ProcessDone(0)))
 
 
 def load_authorized_keys(path: str | Path) -> list[keys.Key]:

@@ -10,13 +10,12 @@ from .options import Options
 
 
 def makeService(options: Options) -> IService:
-    from .manhole import ManholeError
-    from .outbox import StateDirBusy
+    from .errors import StartupError
     from .service import make_service
 
     try:
         return make_service(options)
-    except (StateDirBusy, ManholeError) as e:
+    except StartupError as e:
         # One clear line, not a traceback: start-up cannot go on.
         print(f"kegbot: {e}", file=sys.stderr)
         raise SystemExit(1) from None
