@@ -148,6 +148,8 @@ class DeliveryService(Service):
             if item is None:
                 if self._drained is not None and not self._drained.called:
                     self._drained.callback(None)
+                    if self._stopping:
+                        return  # stopping: do not wait for a wakeup that never comes
                 self._wakeup = defer.Deferred()
                 await self._wakeup
                 continue

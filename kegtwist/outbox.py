@@ -2,9 +2,11 @@
 
 Nothing is acknowledged before it is on disk.  The store is an append-only
 journal of JSON lines in the state directory, each line flushed and
-fsync'd before the call returns, so ``kill -9`` or a power cut right after
-a pour ends loses nothing.  The journal is compacted (rewritten atomically)
-when it holds mostly finished entries.
+fsync'd before the call returns (all but ``done``, see
+:meth:`Outbox.delivered`), so ``kill -9`` or a power cut right after a pour
+ends loses nothing.  The journal is compacted (rewritten atomically) when it
+holds mostly finished entries.  One process at a time: the state
+directory's ``lock`` file is held (flock) while the outbox is open.
 
 Entries and what the journal records about them:
 
@@ -41,6 +43,7 @@ from typing import Any, ClassVar, Literal
 from twisted.logger import Logger
 
 from .core.model import RecordDrink, RecordTemperature
+from .errors import StartupError
 
 JOURNAL = "outbox.jsonl"
 MAX_TEMPERATURES = 1000
@@ -76,7 +79,7 @@ class DrinkItem:
     original_username: str | None = None  # set when re-posted as a guest
 
 
-class StateDirBusy(RuntimeError):
+class StateDirBusy(StartupError, RuntimeError):
     """Another process (a running kegbot) holds the state directory."""
 
 
@@ -215,13 +218,15 @@ class Outbox:
 
     # --- journal ------------------------------------------------------------
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: dict[str, Any], *, sync: bool = True) -> None:
+        """Append one record; ``sync=False`` only for records whose loss a
+        restart repairs by itself (see :meth:`delivered`)."""
         self._apply(record)
         if self._file is None:
             raise RuntimeError("outbox is not open")
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
-        if self.fsync:
+        if self.fsync and sync:
             os.fsync(self._file.fileno())
 
     def _apply(self, record: dict[str, Any]) -> None:
@@ -374,7 +379,14 @@ class Outbox:
         self._write({"op": "certain", "seq": item.seq})
 
     def delivered(self, item: Item, drink_id: int | None = None, *, found: bool = False) -> None:
-        self._write({"op": "done", "seq": item.seq, "drink_id": drink_id})
+        """The server has it.  Written but not fsync'd: the next record's
+        fsync (the next ``sending``) makes it durable, and if a power cut
+        takes it first, the drink's durable ``sending`` makes it uncertain
+        on restart, so delivery finds it on the server instead of sending it
+        twice (a temperature may be sent twice: best effort).  Half the
+        fsyncs of a delivery, which are most of its cost (bench/delivery.py).
+        ``kill -9`` loses nothing either way: the page cache survives it."""
+        self._write({"op": "done", "seq": item.seq, "drink_id": drink_id}, sync=False)
         if isinstance(item, DrinkItem):
             self.stats.drinks_delivered += 1
             if found:

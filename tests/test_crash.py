@@ -263,3 +263,105 @@ def test_checkpoint_written_with_the_drink_before_the_outbox_sees_it(tmp_path: P
         assert recorded == expected
         restarted.feed(MeterReading("k.flow0", 340))
         assert restarted.core.pours["k.flow0"].ticks == 40  # not 340: no tick twice
+
+
+@pytest_twisted.inlineCallbacks
+def test_power_cut_loses_the_unsynced_done_and_nothing_is_sent_twice(
+    tmp_path: Path, fake: FakeKegbotServer
+) -> Generator[Any, Any, None]:
+    """``done`` is written without fsync (the next record's fsync covers
+    it): if a power cut takes it, the drink's durable ``sending`` makes it
+    uncertain and delivery finds it on the server instead of re-posting."""
+    from twisted.internet import reactor
+
+    from kegtwist.core import RecordDrink
+    from kegtwist.delivery import DeliveryService
+    from kegtwist.outbox import Outbox
+    from kegtwist.server import KegbotServerClient
+
+    end = 1_800_000_000.5
+    poured = RecordDrink(
+        7, "kegboard.flow0", 250, 125.0, "alice", "core.rfid", end - 3, end, 3.0, "idle"
+    )
+    fake.listen(reactor)
+    client = KegbotServerClient(reactor, fake.url, API_KEY)
+    try:
+        for run in range(2):
+            box = Outbox(tmp_path)
+            box.open()
+            if run == 0:
+                box.add_drink(poured)
+            delivery = DeliveryService(box, client, reactor)
+            delivery.startService()
+            yield until(lambda b=box: len(b) == 0, seconds=10)
+            yield delivery.stopService()
+            box.close()
+            if run == 0:
+                journal = box.path.read_text().splitlines()
+                assert json.loads(journal[-1])["op"] == "done"
+                box.path.write_text("\n".join(journal[:-1]) + "\n")  # what the power cut took
+        posts = [r for r in fake.requests if r[0] == "POST"]
+        assert len(fake.drinks) == 1 and len(posts) == 1
+        assert box.stats.found_on_server == 1
+    finally:
+        yield client.close()
+
+
+def test_second_daemon_on_the_same_state_dir_refuses_to_start(
+    tmp_path: Path, board: PtyKegboard
+) -> None:
+    """Two cores on one state directory would record every pour twice."""
+    import time
+
+    daemon = Daemon(tmp_path, board, "none", idle=1.0)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not daemon.logged("drinks stay in the outbox"):  # the outbox is open
+            assert time.monotonic() < deadline and daemon.proc and daemon.proc.poll() is None
+            time.sleep(0.02)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEGBOT_")}
+        second = subprocess.run(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "kegbot", "--kegboard", "none",
+             "--api-url", "none", "--redis-url", "none", "--state-dir", str(daemon.state)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert second.returncode != 0
+        assert f"another kegbot is using the state directory {daemon.state}" in (
+            second.stdout + second.stderr
+        )
+        assert daemon.proc is not None and daemon.proc.poll() is None  # the first one runs on
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_sigterm_mid_pour_after_a_delivery_exits_with_the_drink_recorded(
+    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+) -> Generator[Any, Any, None]:
+    """The shutdown ends the open pour and, the server being up, delivers it
+    (the 2 s drain) and exits: not a hang."""
+    from twisted.internet import reactor
+
+    fake.listen(reactor)
+    daemon = Daemon(tmp_path, board, fake.url, idle=1.5)  # the 2nd pour stays open
+    daemon.start()
+    try:
+        yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
+        board.pour("flow0", 0)
+        yield until(lambda: daemon.checkpoint_knows("kegboard.flow0"), seconds=10)
+        board.pour("flow0", 100)
+        yield until(lambda: len(fake.drinks) == 1, seconds=10)  # delivery state: ok
+        yield until(lambda: daemon.logged("Drink 1 recorded"), seconds=10)
+        board.pour("flow0", 70)
+        yield until(lambda: daemon.checkpoint_ticks("kegboard.flow0") == 70, seconds=10)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        yield until(lambda: daemon.proc is not None and daemon.proc.poll() is not None, seconds=8)
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+    assert [d["ticks"] for d in fake.drinks] == [100, 70]
+    assert daemon.proc.returncode == 0

@@ -87,3 +87,41 @@ def test_installed_as_a_console_script(state: Path) -> None:
         [str(tool), "--state-dir", str(state), "dead"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "No active keg" in result.stdout
+
+
+def test_list_shows_temperatures_and_uncertain_drinks(state: Path) -> None:
+    from kegtwist.core.model import RecordTemperature
+
+    box = Outbox(state)
+    box.open()
+    box.sending(box.drinks()[0])  # a crash mid-request leaves it like this
+    box.add_temperature(RecordTemperature("kegboard.thermo-1", 3.5, WALL))
+    box.close()
+    code, text = run("--state-dir", str(state), "list")
+    assert code == 0 and "2 item(s) waiting" in text
+    assert "(sent once, outcome unknown)" in text
+    assert "temperature kegboard.thermo-1 3.5 C" in text
+
+
+def test_state_dir_defaults_to_the_daemons(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEGBOT_STATE_DIR", str(state))
+    code, text = run("dead")
+    assert code == 0 and "No active keg at this tap" in text
+    monkeypatch.setenv("KEGBOT_STATE_DIR", str(state / "nowhere"))
+    code, text = run("list")
+    assert code == 1 and f"no state directory {state / 'nowhere'}" in text
+    assert not (state / "nowhere").exists()  # looking never creates one
+
+
+def test_guest_note_cannot_be_retried_only_discarded(tmp_path: Path) -> None:
+    box = Outbox(tmp_path)
+    box.open()
+    item = box.add_drink(drink(1, ticks=300, user="mallory"))
+    box.as_guest(item, "User matching query does not exist.", 500, WALL)
+    box.close()
+    [(number, _)] = _dead(tmp_path)
+    assert number < 0
+    code, text = run("--state-dir", str(tmp_path), "retry", str(number))
+    assert code == 1 and "already re-posted as a guest pour" in text
+    assert run("--state-dir", str(tmp_path), "discard", str(number))[0] == 0
+    assert _dead(tmp_path) == []

@@ -7,8 +7,10 @@ dead letters (drinks the server refused for good).
     kegbot-outbox [--state-dir DIR] discard N   give dead letter N up for good
 
 It works on the outbox journal of a stopped daemon: a running one holds the
-state directory's lock (use its manhole's dead_letters(), retry(n) and
-discard(n) instead).  Every decision is written to the journal.
+state directory's lock, and two writers would corrupt the journal, so the
+tool refuses (use the daemon's manhole: dead_letters(), retry(n),
+discard(n), see kegtwist/inspect.py; or stop the daemon).  Every decision
+is written to the journal, so the daemon replays it when it starts.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def _drink(item: DrinkItem) -> str:
     )
 
 
-def main(argv: list[str], out: TextIO) -> int:
+def main(argv: list[str], out: TextIO, err: TextIO | None = None) -> int:
+    """The tool; ``out`` gets the listings, ``err`` (default ``out``) the
+    complaints.  Returns the exit status: 0, 1 (nothing to act on), 2
+    (a running daemon holds the state directory)."""
+    err = err if err is not None else out
     parser = argparse.ArgumentParser(
         prog="kegbot-outbox",
         description=__doc__,
@@ -51,16 +57,17 @@ def main(argv: list[str], out: TextIO) -> int:
     if args.command in ("retry", "discard") and args.number is None:
         parser.error(f"{args.command} needs the dead letter's number (see: kegbot-outbox dead)")
     if not os.path.isdir(args.state_dir):
-        print(f"kegbot-outbox: no state directory {args.state_dir}", file=out)
+        print(f"kegbot-outbox: no state directory {args.state_dir}", file=err)
         return 1
     outbox = Outbox(args.state_dir)
     try:
         outbox.open()
-    except StateDirBusy as e:
+    except StateDirBusy:
         print(
-            f"kegbot-outbox: {e}; while it runs, use its manhole: "
-            "dead_letters(), retry(n), discard(n)",
-            file=out,
+            f"kegbot-outbox: another kegbot is using {args.state_dir} (it holds the lock). "
+            "While it runs, use its manhole: dead_letters(), retry(n), discard(n); "
+            "or stop the daemon and run this again.",
+            file=err,
         )
         return 2
     try:
@@ -84,7 +91,13 @@ def main(argv: list[str], out: TextIO) -> int:
                 print(f"      refused ({letter.status}): {letter.reason}", file=out)
         elif args.command == "retry":
             if not outbox.retry_dead(args.number):
-                print(f"kegbot-outbox: no dead drink {args.number} to retry", file=out)
+                why = (
+                    "it is a note about a drink already re-posted as a guest pour; "
+                    "discard it when seen"
+                    if args.number in outbox.dead
+                    else "see: kegbot-outbox dead"
+                )
+                print(f"kegbot-outbox: no dead drink {args.number} to retry ({why})", file=err)
                 return 1
             print(
                 f"Dead letter {args.number} queued again; the daemon sends it when it runs",
@@ -92,7 +105,10 @@ def main(argv: list[str], out: TextIO) -> int:
             )
         else:
             if not outbox.discard_dead(args.number):
-                print(f"kegbot-outbox: no dead letter {args.number}", file=out)
+                print(
+                    f"kegbot-outbox: no dead letter {args.number} (see: kegbot-outbox dead)",
+                    file=err,
+                )
                 return 1
             print(f"Dead letter {args.number} discarded (recorded in the journal)", file=out)
     finally:
@@ -101,4 +117,4 @@ def main(argv: list[str], out: TextIO) -> int:
 
 
 def cli() -> None:
-    sys.exit(main(sys.argv[1:], sys.stdout))
+    sys.exit(main(sys.argv[1:], sys.stdout, sys.stderr))
