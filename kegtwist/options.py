@@ -19,6 +19,7 @@ from twisted.python import usage
 from . import settings
 from .boardspec import BoardSpec, parse_board_spec, parse_board_specs
 from .core.config import CoreConfig
+from .redisurl import parse_redis_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +91,27 @@ def _url(value: str) -> str:
     return value
 
 
-def _check_url(where: str, value: Any) -> str:
-    try:
-        return _url(settings._string(where, value))
-    except ValueError as e:
-        raise settings.ConfigError(f"{where}: {e}") from None
+def _checked(parse: Callable[[str], str]) -> settings.Check:
+    """The config-file check of a string option: the command line's parser."""
+
+    def check(where: str, value: Any) -> str:
+        try:
+            return parse(settings._string(where, value))
+        except ValueError as e:
+            raise settings.ConfigError(f"{where}: {e}") from None
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A command-line parser accepting one of ``choices``."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+        return value
+
+    return parse
 
 
 register(
@@ -103,7 +120,7 @@ register(
         "Kegbot Server API URL, or 'none' to keep drinks in the outbox only.",
         "http://localhost:8000/api/",
         _url,
-        _check_url,
+        _checked(_url),
         env="KEGBOT_API_URL",
     )
 )
@@ -197,20 +214,11 @@ register(
 
 
 def _redis_url(value: str) -> str:
-    if value != "none" and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(
-            f"expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., unix:///PATH or 'none', got {value!r}"
-            if "@" not in value
-            else "expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., unix:///PATH or 'none'"
-        )
+    # The bus's own parser: a bad port or database stops start-up with one
+    # line here, not with a traceback when the bus is built.  Its messages
+    # never repeat the URL, which may hold a password.
+    parse_redis_url(value)
     return value
-
-
-def _check_redis_url(where: str, value: Any) -> str:
-    try:
-        return _redis_url(settings._string(where, value))
-    except ValueError as e:
-        raise settings.ConfigError(f"{where}: {e}") from None
 
 
 register(
@@ -221,7 +229,7 @@ register(
         "or 'none' for no bus. The password is never logged.",
         "redis://localhost:6379/0",
         _redis_url,
-        _check_redis_url,
+        _checked(_redis_url),
         env="KEGBOT_REDIS_URL",
     )
 )
@@ -236,28 +244,16 @@ register(
 )
 
 
-def _role(value: str) -> str:
-    if value not in ("all", "kegboard", "core"):
-        raise ValueError(f"expected all, kegboard or core, got {value!r}")
-    return value
-
-
 register(
     Option(
         "role",
         "all: boards, core and bus in one daemon; kegboard: only this machine's boards, "
         "over Kegnet (a remote kegboard daemon); core: no boards, everything over Kegnet.",
         "all",
-        _role,
+        _one_of("all", "kegboard", "core"),
         settings._choice("all", "kegboard", "core"),
     )
 )
-
-
-def _log_format(value: str) -> str:
-    if value not in ("text", "json"):
-        raise ValueError(f"expected text or json, got {value!r}")
-    return value
 
 
 register(
@@ -265,16 +261,10 @@ register(
         "log_format",
         "text for people, json for machines (one JSON event per line on standard output).",
         "text",
-        _log_format,
+        _one_of("text", "json"),
         settings._choice("text", "json"),
     )
 )
-
-
-def _log_level(value: str) -> str:
-    if value not in ("debug", "info", "warn", "error"):
-        raise ValueError(f"expected debug, info, warn or error, got {value!r}")
-    return value
 
 
 register(
@@ -282,7 +272,7 @@ register(
         "log_level",
         "Least important events logged: debug shows every meter reading and frame.",
         "info",
-        _log_level,
+        _one_of("debug", "info", "warn", "error"),
         settings._choice("debug", "info", "warn", "error"),
     )
 )

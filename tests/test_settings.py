@@ -86,6 +86,8 @@ def test_device_settings_merge_with_defaults(tmp_path: Path) -> None:
         ("kegbord = 'auto'\n", "kegbord: unknown key"),
         ("kegboard = ['tcp:nohost']\n", "expected tcp:HOST:PORT"),
         ("pours = 3\n", "pours: expected a table"),
+        ("redis_url = 'redis://:pw@host:notaport/0'\n", "redis_url: bad port or database"),
+        ("role = 'both'\n", "role: expected one of all, kegboard, core"),
         ("[pours\n", "not valid TOML"),
     ],
 )
@@ -115,3 +117,9 @@ def test_example_config_mentions_every_option() -> None:
     text = (ROOT / "tap-configs" / "kegbot.toml").read_text()
     missing = [o.name for o in OPTIONS if f"{o.name} =" not in text]
     assert missing == []
+
+
+def test_bad_redis_url_on_the_command_line_never_shows_the_password() -> None:
+    with pytest.raises(usage.UsageError) as e:
+        parse("--redis-url", "redis://:s3cret@host:notaport/0")
+    assert "bad port or database number" in str(e.value) and "s3cret" not in str(e.value)
