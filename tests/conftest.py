@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server per test that asks for one."""
+"""Shared fixtures: a real redis-server, a fake Kegbot Server on loopback
+and a simulated Kegboard on a pseudo-terminal, per test that asks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from fakeserver import FakeKegbotServer
 from redisd import RedisServer
+
+from kegtwist.sim import PtyKegboard, SimulatedKegboard
 
 
 @pytest.fixture
@@ -16,3 +21,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeKegbotServer]:
+    """The fake Kegbot Server, listening on loopback on the test's reactor."""
+    from twisted.internet import reactor
+
+    server = FakeKegbotServer()
+    server.listen(reactor)
+    yield server
+    pytest_twisted.blockon(server.close())
+
+
+@pytest.fixture
+def pty_board() -> Iterator[PtyKegboard]:
+    """A simulated Kegboard (no serial number: ``kegboard``) on a real pty."""
+    from twisted.internet import reactor
+
+    board = PtyKegboard(reactor, SimulatedKegboard())
+    yield board
+    board.close()

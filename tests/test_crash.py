@@ -19,7 +19,7 @@ from fakeserver import API_KEY, FakeKegbotServer
 from kegnetkit import until
 from redisd import free_port
 
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.sim import PtyKegboard
 
 pytestmark = [
     pytest.mark.integration,
@@ -115,15 +115,6 @@ class Daemon:
 
 
 @pytest.fixture
-def board() -> Iterator[PtyKegboard]:
-    from twisted.internet import reactor
-
-    pty = PtyKegboard(reactor, SimulatedKegboard())
-    yield pty
-    pty.close()
-
-
-@pytest.fixture
 def fake() -> Iterator[FakeKegbotServer]:
     server = FakeKegbotServer()
     yield server
@@ -133,21 +124,21 @@ def fake() -> Iterator[FakeKegbotServer]:
 
 @pytest_twisted.inlineCallbacks
 def test_killed_after_pours_ended_while_server_was_down(
-    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+    tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
     from twisted.internet import reactor
 
     port = free_port()
-    daemon = Daemon(tmp_path, board, f"http://127.0.0.1:{port}/api/", idle=0.3)
+    daemon = Daemon(tmp_path, pty_board, f"http://127.0.0.1:{port}/api/", idle=0.3)
     daemon.start()
     try:
         yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
-        board.pour("flow0", 0)
-        board.pour("flow1", 0)  # baselines
+        pty_board.pour("flow0", 0)
+        pty_board.pour("flow1", 0)  # baselines
         yield until(lambda: daemon.checkpoint_knows("kegboard.flow1"), seconds=10)
         for meter, ticks in (("flow0", 300), ("flow1", 120), ("flow0", 45)):
             before = daemon.journal_drinks()
-            board.pour(meter, ticks)
+            pty_board.pour(meter, ticks)
             yield until(lambda b=before: daemon.journal_drinks() == b + 1, seconds=10)
         daemon.kill9()  # the pours ended and are journaled; the server never heard of them
 
@@ -167,24 +158,24 @@ def test_killed_after_pours_ended_while_server_was_down(
 
 @pytest_twisted.inlineCallbacks
 def test_killed_after_the_server_committed_but_before_the_answer(
-    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+    tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
     from twisted.internet import reactor
 
     fake.listen(reactor)
     fake.drop_after_commit_next()  # the server records it, the answer is lost
-    daemon = Daemon(tmp_path, board, fake.url, idle=0.3)
+    daemon = Daemon(tmp_path, pty_board, fake.url, idle=0.3)
     daemon.start()
     try:
         yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
-        board.pour("flow0", 0)
+        pty_board.pour("flow0", 0)
         yield until(lambda: daemon.checkpoint_knows("kegboard.flow0"), seconds=10)
-        board.pour("flow0", 250)
+        pty_board.pour("flow0", 250)
         yield until(lambda: len(fake.drinks) == 1, seconds=10)
         daemon.kill9()  # its journal says "sending": the outcome is unknown to it
         daemon.start()
         yield until(lambda: daemon.logged("already recorded as drink 1"), seconds=20)
-        board.pour("flow0", 40)  # and life goes on: the next pour is a new drink, no tick twice
+        pty_board.pour("flow0", 40)  # and life goes on: the next pour is a new drink, no tick twice
         yield until(lambda: len(fake.drinks) == 2, seconds=10)
     finally:
         daemon.stop()
@@ -193,24 +184,24 @@ def test_killed_after_the_server_committed_but_before_the_answer(
 
 @pytest_twisted.inlineCallbacks
 def test_killed_mid_pour_while_the_board_keeps_counting(
-    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+    tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
     from twisted.internet import reactor
 
     fake.listen(reactor)
-    daemon = Daemon(tmp_path, board, fake.url, idle=2.0)
+    daemon = Daemon(tmp_path, pty_board, fake.url, idle=2.0)
     daemon.start()
     try:
         yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
-        board.pour("flow0", 0)
+        pty_board.pour("flow0", 0)
         yield until(lambda: daemon.checkpoint_knows("kegboard.flow0"), seconds=10)
-        board.pour("flow0", 300)
+        pty_board.pour("flow0", 300)
         yield until(lambda: daemon.checkpoint_ticks("kegboard.flow0") == 300, seconds=10)
         daemon.kill9()  # mid-pour: the pour is open, the board has counted 300
-        board.pour("flow0", 200)  # nobody listening: the board keeps counting
+        pty_board.pour("flow0", 200)  # nobody listening: the board keeps counting
         daemon.start()
         yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
-        board.pour("flow0", 100)
+        pty_board.pour("flow0", 100)
         yield until(lambda: len(fake.drinks) == 1, seconds=20)
     finally:
         daemon.stop()
@@ -308,12 +299,12 @@ def test_power_cut_loses_the_unsynced_done_and_nothing_is_sent_twice(
 
 
 def test_second_daemon_on_the_same_state_dir_refuses_to_start(
-    tmp_path: Path, board: PtyKegboard
+    tmp_path: Path, pty_board: PtyKegboard
 ) -> None:
     """Two cores on one state directory would record every pour twice."""
     import time
 
-    daemon = Daemon(tmp_path, board, "none", idle=1.0)
+    daemon = Daemon(tmp_path, pty_board, "none", idle=1.0)
     daemon.start()
     try:
         deadline = time.monotonic() + 20
@@ -338,23 +329,23 @@ def test_second_daemon_on_the_same_state_dir_refuses_to_start(
 
 @pytest_twisted.inlineCallbacks
 def test_sigterm_mid_pour_after_a_delivery_exits_with_the_drink_recorded(
-    tmp_path: Path, board: PtyKegboard, fake: FakeKegbotServer
+    tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
     """The shutdown ends the open pour and, the server being up, delivers it
     (the 2 s drain) and exits: not a hang."""
     from twisted.internet import reactor
 
     fake.listen(reactor)
-    daemon = Daemon(tmp_path, board, fake.url, idle=1.5)  # the 2nd pour stays open
+    daemon = Daemon(tmp_path, pty_board, fake.url, idle=1.5)  # the 2nd pour stays open
     daemon.start()
     try:
         yield until(lambda: daemon.logged("Kegboard kegboard connected"), seconds=20)
-        board.pour("flow0", 0)
+        pty_board.pour("flow0", 0)
         yield until(lambda: daemon.checkpoint_knows("kegboard.flow0"), seconds=10)
-        board.pour("flow0", 100)
+        pty_board.pour("flow0", 100)
         yield until(lambda: len(fake.drinks) == 1, seconds=10)  # delivery state: ok
         yield until(lambda: daemon.logged("Drink 1 recorded"), seconds=10)
-        board.pour("flow0", 70)
+        pty_board.pour("flow0", 70)
         yield until(lambda: daemon.checkpoint_ticks("kegboard.flow0") == 70, seconds=10)
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ from redisd import free_port
 from twisted.internet import defer, task
 
 from kegtwist import kbsp
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.sim import PtyKegboard
 
 pytestmark = pytest.mark.integration
 
@@ -113,16 +113,6 @@ def stop(daemon: Daemon) -> defer.Deferred[None]:
     return eventually(lambda: daemon.proc.poll() is not None, "exit", daemon)
 
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeKegbotServer]:
-    from twisted.internet import reactor
-
-    fake = FakeKegbotServer()
-    fake.listen(reactor)
-    yield fake
-    pytest_twisted.blockon(fake.close())
-
-
 FAST_POURS = """
 [pours]
 idle_seconds = 1   # the demo pour ends 1 s after its last tick, not 10 s
@@ -172,15 +162,6 @@ meter = "kegboard.flow0"
 ml_per_tick = 0.5
 relay = "kegboard.relay0"
 """
-
-
-@pytest.fixture
-def pty_board() -> Iterator[PtyKegboard]:
-    from twisted.internet import reactor
-
-    board = PtyKegboard(reactor, SimulatedKegboard())
-    yield board
-    board.close()
 
 
 @pytest_twisted.inlineCallbacks

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +45,6 @@ relay = "kegboard.relay0"
 """
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeKegbotServer]:
-    from twisted.internet import reactor
-
-    server = FakeKegbotServer()
-    server.listen(reactor)
-    yield server
-    pytest_twisted.blockon(server.close())
-
-
 def core_daemon(
     tmp_path: Path, redis_url: str, api_url: str, idle: float, role: str = "all"
 ) -> KegbotService:
@@ -81,9 +71,9 @@ def classic(name: str) -> list[str]:
 
 @pytest_twisted.inlineCallbacks
 def test_classic_test_flow_messages_become_a_drink_that_displays_see(
-    tmp_path: Path, redis_server: RedisServer, fake: FakeKegbotServer
+    tmp_path: Path, redis_server: RedisServer, fake_server: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
-    daemon = core_daemon(tmp_path, redis_server.url, fake.url, idle=0.3)
+    daemon = core_daemon(tmp_path, redis_server.url, fake_server.url, idle=0.3)
     display = Bus(redis_server.url, "display")
     try:
         assert daemon.bus is not None
@@ -92,8 +82,8 @@ def test_classic_test_flow_messages_become_a_drink_that_displays_see(
             display.bus.publisher.publish(
                 "kegnet", message.encode()
             )  # exactly as test_flow sent it
-        yield until(lambda: len(fake.drinks) == 1)
-        [drink] = fake.drinks
+        yield until(lambda: len(fake_server.drinks) == 1)
+        [drink] = fake_server.drinks
         assert (drink["ticks"], drink["user_id"]) == (1000, "alice")
         yield until(lambda: any(isinstance(e, events.DrinkCreatedEvent) for e in display.received))
     finally:
@@ -120,9 +110,9 @@ def test_classic_test_flow_messages_become_a_drink_that_displays_see(
 
 @pytest_twisted.inlineCallbacks
 def test_redis_restart_mid_pour_loses_no_tick(
-    tmp_path: Path, redis_server: RedisServer, fake: FakeKegbotServer
+    tmp_path: Path, redis_server: RedisServer, fake_server: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
-    daemon = core_daemon(tmp_path, redis_server.url, fake.url, idle=3.0, role="core")
+    daemon = core_daemon(tmp_path, redis_server.url, fake_server.url, idle=3.0, role="core")
     meter = Bus(redis_server.url, "remote-kegboard")
     try:
         bus = daemon.bus
@@ -139,11 +129,11 @@ def test_redis_restart_mid_pour_loses_no_tick(
         redis_server.start()
         yield until(lambda: bus.connected and meter.bus.connected, seconds=20)
         meter.bus.publish(events.MeterUpdate("kegboard.flow0", 450))
-        yield until(lambda: len(fake.drinks) == 1, seconds=20)
+        yield until(lambda: len(fake_server.drinks) == 1, seconds=20)
     finally:
         yield daemon.stopService()
         yield meter.stop()
-    assert fake.drinks[0]["ticks"] == 450
+    assert fake_server.drinks[0]["ticks"] == 450
 
 
 def _twistd(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -160,7 +150,7 @@ def _twistd(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 @pytest.mark.skipif(not os.path.exists("/dev/ptmx"), reason="no pseudo-terminals")
 @pytest_twisted.inlineCallbacks
 def test_kegboard_daemon_and_core_daemon_pour_through_redis(
-    tmp_path: Path, redis_server: RedisServer, fake: FakeKegbotServer
+    tmp_path: Path, redis_server: RedisServer, fake_server: FakeKegbotServer
 ) -> Generator[Any, Any, None]:
     from twisted.internet import reactor
 
@@ -174,7 +164,7 @@ def test_kegboard_daemon_and_core_daemon_pour_through_redis(
         _twistd(["--role", "kegboard", "--kegboard", board.path, "--redis-url", redis_server.url,
                  "--state-dir", str(tmp_path / "kb")], logs["kegboard"]),
         _twistd(["--role", "core", "--config", str(config), "--redis-url", redis_server.url,
-                 "--api-url", fake.url, "--api-key", API_KEY,
+                 "--api-url", fake_server.url, "--api-key", API_KEY,
                  "--state-dir", str(tmp_path / "core")], logs["core"]),
     ]  # fmt: skip
     watcher = Bus(redis_server.url, "watcher")
@@ -201,7 +191,7 @@ def test_kegboard_daemon_and_core_daemon_pour_through_redis(
             seconds=20,
         )
         board.write(board.board.token("core.onewire", bytes.fromhex("3333222211110000"), False))
-        yield until(lambda: len(fake.drinks) == 1, seconds=20)
+        yield until(lambda: len(fake_server.drinks) == 1, seconds=20)
         yield until(lambda: not board.board.relays[0], seconds=20)
     finally:
         for proc in procs:
@@ -213,5 +203,5 @@ def test_kegboard_daemon_and_core_daemon_pour_through_redis(
                 proc.kill()
         yield watcher.stop()
         board.close()
-    assert (fake.drinks[0]["ticks"], fake.drinks[0]["user_id"]) == (400, "alice")
+    assert (fake_server.drinks[0]["ticks"], fake_server.drinks[0]["user_id"]) == (400, "alice")
     assert [p.returncode for p in procs] == [0, 0]
