@@ -3,11 +3,13 @@ and a simulated Kegboard on a pseudo-terminal, per test that asks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
+from daemonkit import Daemon
 from fakeserver import FakeKegbotServer
 from redisd import RedisServer
 
@@ -42,3 +44,18 @@ def pty_board() -> Iterator[PtyKegboard]:
     board = PtyKegboard(reactor, SimulatedKegboard())
     yield board
     board.close()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Starts ``twistd -n kegbot`` processes; kills what still runs at teardown."""
+    started: list[Daemon] = []
+
+    def start(*args: str, **kwargs: Any) -> Daemon:
+        daemon = Daemon(tmp_path, *args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
