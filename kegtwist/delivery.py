@@ -23,6 +23,11 @@ key, so the exactly-once rule lives here.
   still counts on the keg, the original drinker kept in a dead-letter note.
 * Everything else is retried with exponential backoff and jitter, capped at
   3 minutes, for as long as it takes.
+* On stop (``drain_seconds``), whatever is pending, the drinks of the pours
+  the stop ended included, gets one more go at once, whatever happened
+  before (no answer yet, a backoff wait): it ends when the outbox is empty,
+  at the first failure, or at the bound, where a request still out is
+  cancelled (uncertain once it has left, certain if it never connected).
 
 Temperatures are best effort: a permanent refusal drops one, and one older
 than ``stale_temperature_seconds`` is dropped unsent, because the server
@@ -38,8 +43,8 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .backoff import Backoff
@@ -92,15 +97,17 @@ class DeliveryService(Service):
         self._wakeup: defer.Deferred[None] | None = None
         self._sleep: defer.Deferred[None] | None = None
         self._loop: defer.Deferred[None] | None = None
+        self._sleep_call: IDelayedCall | None = None
         self._stopping = False
+        self._draining = False
         self.drain_seconds = drain_seconds
-        self._drained: defer.Deferred[None] | None = None
 
     # lifecycle
 
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        self._draining = False
         if len(self.outbox):
             self.log.info(
                 "Outbox holds {count} item(s) from before; delivering them first",
@@ -113,27 +120,39 @@ class DeliveryService(Service):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self.drain_seconds > 0 and self.state == "ok" and self.outbox.next_item() is not None:
-            # Pours ended by the shutdown itself: with the server up, record
-            # them now rather than at the next start (they are safe either way).
-            self._drained = defer.Deferred()
-            self._drained.addTimeout(self.drain_seconds, self.clock)
-            try:
-                await self._drained
-            except defer.TimeoutError:
-                self.log.info(
-                    "{count} item(s) stay in the outbox for the next start", count=len(self.outbox)
-                )
-            self._drained = None
-        self._stopping = True
         loop, self._loop = self._loop, None
         if loop is None:
             return
-        # An in-flight request is abandoned: the journal already says
-        # "sending", so the next start checks the server before resending.
         loop.addErrback(lambda f: f.trap(defer.CancelledError))
-        loop.cancel()
-        await loop
+        if self.drain_seconds > 0 and self.outbox.next_item() is not None:
+            # Pours ended by the shutdown itself (and anything older): one
+            # more go now, whatever the server did before (the first
+            # delivery of the process included), bounded by drain_seconds.
+            # The loop ends by itself once the outbox is empty or at the
+            # first failure; a request still running at the bound is
+            # cancelled like any other (see below).
+            self._draining = True
+            self._end_sleep()
+            self.wake()
+            limit = self.clock.callLater(self.drain_seconds, loop.cancel)
+            try:
+                await loop
+            finally:
+                if limit.active():
+                    limit.cancel()
+                self._draining = False
+        else:
+            # An in-flight request is abandoned: the journal already says
+            # "sending", so the next start checks the server before resending
+            # (unless the request certainly never left: no connection).
+            self._stopping = True
+            loop.cancel()
+            await loop
+        self._stopping = True
+        if len(self.outbox):
+            self.log.info(
+                "{count} item(s) stay in the outbox for the next start", count=len(self.outbox)
+            )
 
     def wake(self) -> None:
         """Something was added to the outbox."""
@@ -146,10 +165,8 @@ class DeliveryService(Service):
         while not self._stopping:
             item = self.outbox.next_item()
             if item is None:
-                if self._drained is not None and not self._drained.called:
-                    self._drained.callback(None)
-                    if self._stopping:
-                        return  # stopping: do not wait for a wakeup that never comes
+                if self._draining:
+                    return  # stopping, and everything is delivered
                 self._wakeup = defer.Deferred()
                 await self._wakeup
                 continue
@@ -159,18 +176,41 @@ class DeliveryService(Service):
                 else:
                     await self._deliver_temperature(item)
             except ServerError as e:
+                if self._draining or self._stopping:
+                    # Stopping: no backoff, the rest waits for the next start.
+                    self.log.info("Kegbot Server at stop: {reason}", reason=e.reason)
+                    return
                 self._failed(e)
-                self._sleep = task.deferLater(self.clock, self.backoff.next_delay(), lambda: None)
-                await self._sleep
+                await self._pause()
                 continue
             except defer.CancelledError:
                 raise
             except Exception:
                 self.log.failure("Delivery failed unexpectedly; retrying")
-                self._sleep = task.deferLater(self.clock, self.backoff.next_delay(), lambda: None)
-                await self._sleep
+                if self._draining or self._stopping:
+                    return
+                await self._pause()
                 continue
             self._ok()
+
+    def _pause(self) -> defer.Deferred[None]:
+        """The backoff wait; a stop ends it early (see :meth:`_end_sleep`)."""
+        call = None
+
+        def cancel(d: defer.Deferred[None]) -> None:
+            if call is not None and call.active():
+                call.cancel()
+
+        sleep: defer.Deferred[None] = defer.Deferred(cancel)
+        call = self.clock.callLater(self.backoff.next_delay(), sleep.callback, None)
+        self._sleep, self._sleep_call = sleep, call
+        return sleep
+
+    def _end_sleep(self) -> None:
+        call, sleep = self._sleep_call, self._sleep
+        if call is not None and call.active() and sleep is not None and not sleep.called:
+            call.cancel()
+            sleep.callback(None)
 
     async def _deliver_drink(self, item: DrinkItem) -> None:
         outbox = self.outbox
@@ -194,6 +234,7 @@ class DeliveryService(Service):
                 username=item.username,
                 record_date=datetime.fromisoformat(item.record_date),
                 duration=max(0, round(item.duration_seconds)),
+                volume_ml=item.volume_ml if item.post_volume else None,
             )
         except ServerError as e:
             if e.kind in ("unreachable", "bad_key"):

@@ -40,6 +40,7 @@ from urllib.parse import quote
 from treq.client import HTTPClient
 from twisted.internet import defer, error
 from twisted.logger import Logger
+from twisted.web._newclient import RequestNotSent, _WrapperException
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -290,18 +291,45 @@ def classify(status: int, content_type: str, body: bytes) -> ServerError:
     return ServerError("transient", message, status=status, code=code)
 
 
+def _wrapped(failure_value: BaseException) -> list[BaseException]:
+    """The exceptions a twisted.web wrapper (``ResponseNeverReceived`` ...)
+    carries, or none."""
+    reasons = getattr(failure_value, "reasons", None)
+    if not isinstance(failure_value, _WrapperException) or not isinstance(reasons, list):
+        return []
+    return [r.value for r in reasons if isinstance(getattr(r, "value", None), BaseException)]
+
+
 def _network_error(failure_value: BaseException) -> ServerError:
     if isinstance(
-        failure_value, (error.ConnectError, error.DNSLookupError, error.ConnectingCancelledError)
+        failure_value,
+        (
+            error.ConnectError,
+            error.DNSLookupError,
+            error.ConnectingCancelledError,
+            RequestNotSent,
+        ),
     ):
+        # No connection, or the connection refused the request before a
+        # byte of it was written: it certainly did not reach the server.
         return ServerError("unreachable", f"cannot connect: {failure_value.__class__.__name__}")
-    if isinstance(failure_value, defer.TimeoutError | defer.CancelledError):
+    inner = _wrapped(failure_value)
+    if isinstance(failure_value, defer.CancelledError) or any(
+        isinstance(e, defer.CancelledError) for e in inner
+    ):
+        # Cancelled by the caller (a stop) once the request had started to
+        # leave: the server may have it.
+        return ServerError("unknown", "request cancelled before the answer")
+    if isinstance(failure_value, defer.TimeoutError):
         return ServerError("unknown", "no answer in time")
     if isinstance(
         failure_value,
         (ResponseNeverReceived, ResponseFailed, error.ConnectionLost, error.ConnectionDone),
     ):
         return ServerError("unknown", "connection dropped before the answer")
+    if inner:
+        causes = ", ".join(e.__class__.__name__ for e in inner)
+        return ServerError("unknown", f"{failure_value.__class__.__name__} ({causes})")
     return ServerError("unknown", f"{failure_value.__class__.__name__}: {failure_value}")
 
 

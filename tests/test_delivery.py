@@ -283,3 +283,103 @@ def test_match_rule_needs_time_ticks_and_drinker() -> None:
     assert not matches(item, Drink(7, 501, 100.0, when, "alice", 1, 0))
     assert not matches(item, Drink(7, 500, 100.0, when, None, 1, 0))
     assert not matches(item, Drink(7, 500, 100.0, when + timedelta(microseconds=1), "alice", 1, 0))
+
+
+# --- stopping: pours the stop ended are delivered, whatever came before ---------
+
+
+def journal_ops(outbox: Outbox, seq: int) -> list[str]:
+    import json
+
+    records = map(json.loads, outbox.path.read_text().splitlines())
+    return [r["op"] for r in records if r.get("seq") == seq]
+
+
+def stop(delivery: DeliveryService) -> defer.Deferred[None]:
+    """Stops; fails (rather than hanging, or being cancelled into looking
+    done) unless the stop itself finishes."""
+    stopping = delivery.stopService()
+    return until(lambda: stopping.called)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_delivers_the_first_drink_of_the_process(rig: Rig) -> Any:
+    """The drink of a pour the stop itself ended is the first delivery:
+    the loop has never seen the server answer (state "starting")."""
+    rig.delivery.drain_seconds = 2.0
+    rig.delivery.startService()
+    rig.add(drink(1))  # the request leaves at once, on a new connection
+    assert rig.delivery.state == "starting"
+    yield stop(rig.delivery)
+    assert [(d["ticks"], d["user_id"]) for d in rig.fake.drinks] == [(1000, "alice")]
+    assert len(rig.outbox) == 0
+    assert journal_ops(rig.outbox, 1) == ["add", "sending", "done"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_after_an_outage_tries_once_more_without_waiting_for_backoff(
+    tmp_path: Path,
+) -> Any:
+    r = Rig(tmp_path)
+    r.delivery.drain_seconds = 2.0
+    port = r.fake.port.getHost().port
+    yield r.fake.close()
+    try:
+        r.delivery.startService()
+        r.add(drink(1))
+        yield until(lambda: r.delivery.state == "down")
+        r.fake.listen(r.reactor, port)  # back up, the loop still backing off
+        yield stop(r.delivery)
+        assert [d["ticks"] for d in r.fake.drinks] == [1000]
+        assert len(r.outbox) == 0
+    finally:
+        yield r.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_with_the_server_down_keeps_the_drink_certain_and_returns_at_once(
+    tmp_path: Path,
+) -> Any:
+    """One more try, refused at once: no wait for the drain bound (the
+    Clock never advances), and the drink is not "outcome unknown"."""
+    r = Rig(tmp_path)
+    r.delivery.drain_seconds = 2.0
+    yield r.fake.close()
+    try:
+        r.delivery.startService()
+        r.add(drink(1))
+        yield until(lambda: r.delivery.state == "down")
+        yield stop(r.delivery)
+        [item] = r.outbox.drinks()
+        assert not item.uncertain
+    finally:
+        yield r.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_abandons_a_hung_request_at_the_drain_bound(rig: Rig) -> Any:
+    """The server got the request and never answered: the drink is
+    uncertain (looked up at the next start), and the stop does not wait
+    for a backoff (the Clock would never end it)."""
+    rig.delivery.drain_seconds = 2.0
+    rig.fake.hang_next(1, method="POST")
+    rig.delivery.startService()
+    rig.add(drink(1))
+    yield until(lambda: rig.fake.hung)
+    stopping = rig.delivery.stopService()
+    assert not stopping.called
+    rig.clock.advance(2.0)  # the drain bound
+    yield until(lambda: stopping.called)
+    [item] = rig.outbox.drinks()
+    assert item.uncertain
+    assert journal_ops(rig.outbox, 1) == ["add", "sending", "uncertain"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_stop_without_drain_cancels_an_in_flight_request_promptly(rig: Rig) -> Any:
+    rig.fake.hang_next(1, method="POST")
+    rig.delivery.startService()
+    rig.add(drink(1))
+    yield until(lambda: rig.fake.hung)
+    yield stop(rig.delivery)
+    assert rig.outbox.drinks()[0].uncertain
