@@ -5,8 +5,16 @@ Pure functions, shared by the board adapter, the core and the tools.
 
 from __future__ import annotations
 
+import secrets
+
 DEFAULT_BOARD_NAME = "kegboard"
 ALL_TAPS = "__all_taps__"
+SIMULATED_BOARD_NAME = "simulated-kegboard"
+
+# The serial numbers of this process's ``--simulate`` boards start with a
+# prefix drawn at random when the process starts: no board on a wire can
+# know it, so no real board is ever given a simulated name.
+_SIMULATED_SERIAL_PREFIX = f"sim{secrets.token_hex(6)}-"
 
 # The classic daemon renamed the board's iButton reader; servers store
 # tokens under the new name.
@@ -17,12 +25,37 @@ def board_name(serial_number: str | None) -> str:
     """``kegboard-`` + the last 8 characters of the serial, lowercased.
 
     A board with no serial number (all NUL on the wire) is plain
-    ``kegboard``, as the classic daemon named it.
+    ``kegboard``, as the classic daemon named it.  This process's own
+    ``--simulate`` boards (see :func:`simulated_serial_number`) are named
+    by :func:`simulated_board_name` instead.
     """
     serial = (serial_number or "").strip()
     if not serial:
         return DEFAULT_BOARD_NAME
+    index = serial.removeprefix(_SIMULATED_SERIAL_PREFIX)
+    if index != serial and index.isascii() and index.isdigit():
+        return simulated_board_name(int(index))
     return f"{DEFAULT_BOARD_NAME}-{serial[-8:].lower()}"
+
+
+def simulated_board_name(index: int) -> str:
+    """``simulated-kegboard``, ``simulated-kegboard-2``, ...: ``--simulate``'s
+    board ``index`` (from 0).
+
+    Real boards are ``kegboard`` or ``kegboard-`` + a serial's end, so a
+    simulated board's controller, meters (``simulated-kegboard.flow0``) and
+    drinks never match a real controller's on a Kegbot Server.
+    """
+    if index == 0:
+        return SIMULATED_BOARD_NAME
+    return f"{SIMULATED_BOARD_NAME}-{index + 1}"
+
+
+def simulated_serial_number(index: int) -> str:
+    """The serial number ``--simulate``'s board ``index`` reports in its hello;
+    :func:`board_name` turns it into :func:`simulated_board_name` in this
+    process only (the prefix is random per process)."""
+    return f"{_SIMULATED_SERIAL_PREFIX}{index}"
 
 
 def full_name(board: str, local_name: str) -> str:

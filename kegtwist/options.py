@@ -5,10 +5,17 @@ Precedence, highest first: the command line, the ``--config`` TOML file
 daemons read (``KEGBOT_API_URL`` ...), the defaults.  Options register here
 once, with their default, their environment variable and how to check a
 value, and the help, the file and the merge all follow from that.
+
+``--simulate N`` makes a run apart from the real ones (see
+:mod:`kegtwist.simulate`): its state dir is ``<state_dir>/simulate``, its
+``api_url`` is ``none`` unless one was given explicitly (command line,
+file or ``$KEGBOT_API_URL``; the default does not count), and the simulated
+boards' taps join the file's ``[[taps]]`` in :attr:`Options.core_config`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,7 +182,9 @@ def _seconds(value: str) -> float:
 register(
     Option(
         "simulate",
-        "Add N simulated Kegboards (real pseudo-terminals, the real board code) for demos and tests.",
+        "Add N simulated Kegboards (real pseudo-terminals, the real board code) for demos and tests: "
+        "named simulated-kegboard, simulated-kegboard-2 ..., state kept in STATE_DIR/simulate, "
+        "nothing sent to a Kegbot Server unless --api-url is given explicitly.",
         0,
         _count,
         settings._integer(0),
@@ -319,6 +328,8 @@ class Options(usage.Options):
         except (settings.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         self._choose_logger()
+        if self.settings["simulate"]:
+            self._log_simulated_run()
         if getattr(self, "parent", None) is not None:
             from . import lean
 
@@ -354,7 +365,9 @@ class Options(usage.Options):
         if self["config"]:
             file_settings = settings.load(self["config"])
         self.core_config = file_settings.core
+        given: set[str] = set()  # options not left at their default
         for option in OPTIONS:
+            given.add(option.name)
             if option.name == "kegboard" and self._kegboards:
                 value: Any = tuple(self._kegboards)
             elif option.flag in self._explicit:
@@ -368,10 +381,13 @@ class Options(usage.Options):
                     raise settings.ConfigError(f"${option.env}: {e}") from None
             else:
                 value = option.default
+                given.discard(option.name)
             self.settings[option.name] = value
         self.settings["board_specs"] = parse_board_specs(list(self.settings["kegboard"]))
         if self.settings["state_dir"] is None:
             self.settings["state_dir"] = default_state_dir()
+        if self.settings["simulate"]:
+            self._simulated_run(api_url_given="api_url" in given)
         key_file = self.settings["api_key_file"]
         if key_file:
             try:
@@ -391,6 +407,46 @@ class Options(usage.Options):
         if self.settings["manhole"] and not self.settings["manhole_keys"]:
             raise settings.ConfigError(
                 "--manhole needs --manhole-keys (an authorized_keys file): it never opens without a key"
+            )
+
+    def _simulated_run(self, api_url_given: bool) -> None:
+        """Keep a ``--simulate`` run apart from the owner's real ones.
+
+        Its own state dir (a normal start never sees its drinks), no
+        Kegbot Server unless one was named, and its boards' taps as file
+        taps (for meters the file does not name)."""
+        from .simulate import SIMULATE_STATE_SUBDIR, simulated_taps
+
+        self.settings["state_dir"] = os.path.join(self.settings["state_dir"], SIMULATE_STATE_SUBDIR)
+        if not api_url_given:
+            self.settings["api_url"] = "none"
+        known = {tap.meter for tap in self.core_config.taps}
+        extra = [t for t in simulated_taps(self.settings["simulate"]) if t.meter not in known]
+        self.core_config = dataclasses.replace(
+            self.core_config, taps=(*self.core_config.taps, *extra)
+        )
+
+    def _log_simulated_run(self) -> None:
+        from twisted.logger import Logger
+
+        from .simulate import board_name
+
+        count = self.settings["simulate"]
+        boards = board_name(0) if count == 1 else f"{board_name(0)} to {board_name(count - 1)}"
+        if self.settings["api_url"] == "none":
+            Logger(namespace="kegtwist").info(
+                "Simulated run ({boards}): state in {dir}; nothing is posted or registered on "
+                "a Kegbot Server (give --api-url explicitly for that)",
+                boards=boards,
+                dir=self.settings["state_dir"],
+            )
+        else:
+            Logger(namespace="kegtwist").info(
+                "Simulated run ({boards}): state in {dir}; its drinks and boards go to the "
+                "Kegbot Server at {url}",
+                boards=boards,
+                dir=self.settings["state_dir"],
+                url=self.settings["api_url"],
             )
 
     @property

@@ -40,6 +40,10 @@ class SimulatedKegboard:
     relays: list[bool] = field(default_factory=lambda: [False] * RELAY_COUNT)
     relay_deadlines: list[float | None] = field(default_factory=lambda: [None] * RELAY_COUNT)
     booted_at: float = 0.0
+    """When it powered up, on the clock ``now`` comes from: hellos report
+    ``now - booted_at`` as uptime.  A board plugged in now (``--simulate``,
+    ``kegboard-sim``) passes the clock's ``seconds()``; the default, 0, on a
+    wall clock is a board that has been up for decades."""
     decoder: kbsp.Decoder = field(default_factory=kbsp.Decoder)
     received: list[kbsp.Message] = field(default_factory=list)
 

@@ -2,12 +2,27 @@
 
 Each is a :class:`~kegtwist.sim.PtyKegboard` on a real pseudo-terminal, so
 the daemon opens it with the same serial, codec and board code as a USB
-board.  The first is named ``kegboard`` (the name a fresh Kegbot Server's
-first controller has), the others ``kegboard-sim0000N``.  Their meters get
-taps (``ml_per_tick`` of the server's default meter, ``relayN`` valves) unless
-the config file or the server says otherwise, and ``--simulate-pours``
-pours a demo glass on each board's ``flow0`` every so often, so a newcomer
-sees a pour go all the way through.
+board.  A simulated run is kept apart from the owner's real ones:
+
+* Names: ``simulated-kegboard``, ``simulated-kegboard-2``, ... (meters
+  ``simulated-kegboard.flow0`` ...; see :func:`kegtwist.naming.simulated_board_name`).
+  Real boards are ``kegboard`` or ``kegboard-`` + a serial's last 8
+  characters, so nothing simulated ever lands on a real controller's taps.
+  The boards report a serial number with a prefix drawn at random by this
+  process (:func:`kegtwist.naming.simulated_serial_number`), which only this
+  process names so.
+* State: ``<state_dir>/simulate/`` (outbox, checkpoint, lock), never the
+  real state dir's files (:mod:`kegtwist.options` moves it).
+* Server: nothing is posted or registered unless ``--api-url`` is given
+  explicitly (on the command line, in the config file or as
+  ``$KEGBOT_API_URL``); the default is ``none``.
+* Taps: :func:`simulated_taps` (``ml_per_tick`` of the server's default
+  meter, ``relayN`` valves) join the config file's ``[[taps]]`` for meters
+  the file does not name, so they are file taps to the core and tap sync.
+
+Each board boots when the daemon starts (its hello reports an uptime of
+seconds), and ``--simulate-pours`` pours a demo glass on each board's
+``flow0`` every so often, so a newcomer sees a pour go all the way through.
 """
 
 from __future__ import annotations
@@ -26,16 +41,25 @@ from .sim import DEFAULT_ML_PER_TICK, Pourer, PtyKegboard, SimulatedKegboard
 DEMO_POUR_ML = 330.0
 DEMO_POUR_SECONDS = 4.0
 FIRST_POUR_DELAY = 3.0
+SIMULATE_STATE_SUBDIR = "simulate"
+"""A simulated run's state dir, inside the configured one."""
 
 
 def serial_number(index: int) -> str:
-    return "" if index == 0 else f"SIM{index:05d}"
+    """What simulated board ``index`` reports; named :func:`board_name` here."""
+    return naming.simulated_serial_number(index)
+
+
+def board_name(index: int) -> str:
+    return naming.simulated_board_name(index)
 
 
 def simulated_taps(count: int) -> list[TapConfig]:
+    """The taps of ``count`` simulated boards: ``flow0``/``flow1`` with
+    ``relay0``/``relay1``, at the server's default calibration."""
     taps = []
     for i in range(count):
-        board = naming.board_name(serial_number(i))
+        board = board_name(i)
         for port in (0, 1):
             meter = naming.full_name(board, f"flow{port}")
             taps.append(
@@ -59,8 +83,14 @@ class SimulatedBoards(Service):
         self, reactor: Any, count: int, pour_every: float, clock: IReactorTime | None = None
     ) -> None:
         self.clock: IReactorTime = clock if clock is not None else reactor
+        # Each board boots now: its hello reports seconds of uptime, so the
+        # core knows its counters started at 0.
         self.boards = [
-            PtyKegboard(reactor, SimulatedKegboard(serial_number=serial_number(i)), self.clock)
+            PtyKegboard(
+                reactor,
+                SimulatedKegboard(serial_number=serial_number(i), booted_at=self.clock.seconds()),
+                self.clock,
+            )
             for i in range(count)
         ]
         self.pourers = [Pourer(board, DEFAULT_ML_PER_TICK) for board in self.boards]

@@ -15,108 +15,23 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from daemonkit import FAST_POURS, POLL_SECONDS, WAIT_SECONDS, Daemon, eventually, stop
 from fakeserver import API_KEY, FakeKegbotServer
 from redisd import free_port
-from twisted.internet import defer, task
 
 from kegtwist import kbsp
 from kegtwist.sim import PtyKegboard
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
-POLL_SECONDS = 0.05
-WAIT_SECONDS = 15.0  # a generous bound per wait; each test stays well under 20 s
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>c])")
-
-
-class Daemon:
-    """One ``twistd -n kegbot`` process, its output in a file.
-
-    A file rather than a pipe: the reactor of this process never blocks
-    reading, and the daemon never blocks on a full pipe."""
-
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.log_path = tmp / "daemon.log"
-        self.state_dir = tmp / "state"
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("KEGBOT_")}
-        environment["KEGBOT_STATE_DIR"] = str(self.state_dir)
-        environment.update(env or {})
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(BIN / "twistd"), "-n", "--pidfile=", "kegbot", "--redis-url", "none", *args],
-                cwd=tmp,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Starts daemons; kills whatever is still running at teardown."""
-    started: list[Daemon] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Daemon:
-        daemon = Daemon(tmp_path, *args, env=env)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.kill()
-
-
-def eventually(
-    condition: Callable[[], bool], what: str, daemon: Daemon, seconds: float = WAIT_SECONDS
-) -> defer.Deferred[None]:
-    """Fires once ``condition()`` holds; fails with the daemon's log if it
-    does not within ``seconds``, or if the daemon dies first."""
-    from twisted.internet import reactor
-
-    async def poll() -> None:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; daemon log:\n{daemon.log}")
-            if daemon.proc.poll() is not None and what != "exit":
-                raise AssertionError(
-                    f"daemon exited ({daemon.proc.returncode}) waiting for {what}:\n{daemon.log}"
-                )
-            await task.deferLater(reactor, POLL_SECONDS, lambda: None)
-
-    return defer.Deferred.fromCoroutine(poll())
-
-
-def stop(daemon: Daemon) -> defer.Deferred[None]:
-    """SIGTERM, then wait (without blocking the reactor: the daemon may
-    still be talking to the fake server) for it to exit."""
-    daemon.proc.send_signal(signal.SIGTERM)
-    return eventually(lambda: daemon.proc.poll() is not None, "exit", daemon)
-
-
-FAST_POURS = """
-[pours]
-idle_seconds = 1   # the demo pour ends 1 s after its last tick, not 10 s
-"""
 
 
 @pytest_twisted.inlineCallbacks
@@ -127,6 +42,10 @@ def test_simulated_demo_pour_reaches_the_server(
     poured over 4 s) becomes a drink on the Kegbot Server."""
     config = tmp_path / "kegbot.toml"
     config.write_text(FAST_POURS)
+    # A simulated board is never the server's "kegboard": its owner gave its flow0 a tap.
+    fake_server.controllers[2] = {"id": 2, "name": "simulated-kegboard", "model_name": "kegboard"}
+    fake_server.meters["simulated-kegboard.flow0"] = dict(fake_server.meters["kegboard.flow0"], id=3, controller=2)
+    fake_server.taps["simulated-kegboard.flow0"] = dict(fake_server.taps["kegboard.flow0"], id=3)
     daemon = daemons(
         "--config",
         str(config),
@@ -141,13 +60,15 @@ def test_simulated_demo_pour_reaches_the_server(
     )
     yield eventually(lambda: bool(fake_server.drinks), "a drink on the server", daemon)
     [drink] = fake_server.drinks
-    assert drink["meter_name"] == "kegboard.flow0"
+    assert drink["meter_name"] == "simulated-kegboard.flow0"
     assert drink["user"]["username"] == "guest"
-    # DEMO_POUR_ML 330 is 899 ticks in 40 steps; the meter's first frame
-    # (23 ticks) is the baseline the daemon counts from, so 876 arrive.
-    assert 876 <= drink["ticks"] <= 899, drink
+    # DEMO_POUR_ML 330 is 899 ticks in 40 steps.  The simulated board has
+    # just booted (its hello says so), so its first report counts from 0
+    # and every tick arrives: the README's exact glass.
+    assert drink["ticks"] == 899, drink
     yield stop(daemon)
     log = daemon.log
+    assert "899 ticks, 330.0 mL" in log
     assert daemon.proc.returncode == 0, log
     assert "Traceback" not in log and API_KEY not in log
     assert "Stopped cleanly" in log

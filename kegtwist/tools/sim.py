@@ -14,6 +14,11 @@ reads commands, one per line, from standard input:
 
 HEX is the token as the Kegbot Server stores it (``deadbeef``); the board
 sends its bytes reversed, as real readers do.
+
+Unlike ``--simulate``, this board is another process's: the daemon cannot
+tell it from a real one, names it as a real one (``kegboard``, or from
+``--serial``) and records its drinks where real ones go.  Try it with its
+own ``--state-dir`` and ``--api-url none`` (or a test server).
 """
 
 from __future__ import annotations
@@ -111,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
-    pty = PtyKegboard(reactor, SimulatedKegboard(serial_number=args.serial))
+    now = reactor.seconds()  # type: ignore[attr-defined]
+    board = SimulatedKegboard(serial_number=args.serial, booted_at=now)  # boots now
+    pty = PtyKegboard(reactor, board)
     shell = SimulatorShell(pty, Pourer(pty, args.ml_per_tick))
     pty.on_relays = lambda relays: shell.say(f"valves: {shell.valves()}")
     stdio.StandardIO(shell)
