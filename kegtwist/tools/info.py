@@ -8,7 +8,8 @@ from typing import Any, TextIO
 from twisted.internet import defer
 
 from .. import kbsp, naming
-from .common import DEFAULT_TIMEOUT, FirstBoard, fail, run
+from ..serial_lock import PortInUseError
+from .common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
 
 
 def describe(device: str, hello: kbsp.Hello) -> str:
@@ -36,6 +37,8 @@ async def main(reactor: Any, argv: list[str], out: TextIO) -> int:
     board = FirstBoard(reactor, args.spec)
     try:
         link = await board.start(reactor, args.timeout)
+    except PortInUseError as e:
+        return in_use(out, e)
     except defer.TimeoutError:
         await board.stop()
         return fail(out, f"No Kegboard answered on {args.spec} within {args.timeout:g} s")

@@ -9,7 +9,8 @@ from twisted.internet import defer
 
 from .. import kbsp
 from ..board import BoardLink
-from .common import FirstBoard, run, timestamp
+from ..serial_lock import PortInUseError
+from .common import FirstBoard, in_use, run, timestamp
 
 
 def format_event(now: float, device: str, event: kbsp.Event) -> str:
@@ -40,7 +41,10 @@ async def main(reactor: Any, argv: list[str], out: TextIO) -> int:
             done.callback(None)
 
     board = FirstBoard(reactor, args.spec, frame_observer=observe)
-    board.service.startService()
+    try:
+        board.open()
+    except PortInUseError as e:
+        return in_use(out, e)
     print(f"Monitoring {args.spec}; Ctrl-C to stop", file=out, flush=True)
     try:
         await done

@@ -13,7 +13,8 @@ from twisted.internet import defer
 
 from .. import kbsp, naming
 from ..board import BoardLink
-from .common import DEFAULT_TIMEOUT, FirstBoard, fail, run
+from ..serial_lock import PortInUseError
+from .common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
 
 
 async def main(reactor: Any, argv: list[str], out: TextIO) -> int:
@@ -54,6 +55,8 @@ async def main(reactor: Any, argv: list[str], out: TextIO) -> int:
             return fail(out, f"The board did not take the serial number (it reports {serial!r})")
         print(f"Serial number {serial} set; the board is now {naming.board_name(serial)}", file=out)
         return 0
+    except PortInUseError as e:
+        return in_use(out, e)
     except defer.TimeoutError:
         return fail(out, f"No answer from a Kegboard on {args.spec} within {args.timeout:g} s")
     finally:
