@@ -102,13 +102,16 @@ Opener = Callable[[KegboardProtocol], "defer.Deferred[Any]"]
 
 
 def serial_opener(reactor: Any, device: str) -> Opener:
-    """Open ``device`` with Twisted's SerialPort (synchronous, may raise)."""
+    """Open ``device`` with Twisted's SerialPort (synchronous, may raise),
+    exclusively: a port another program holds (another daemon, a
+    kegboard-* tool) fails with :class:`~kegtwist.serial_lock.PortInUseError`
+    and is left alone (see :mod:`kegtwist.serial_lock`)."""
 
     def open_port(proto: KegboardProtocol) -> defer.Deferred[Any]:
-        from twisted.internet.serialport import SerialPort
+        from .serial_lock import exclusive_serial_port
 
         try:
-            SerialPort(proto, device, reactor, baudrate=BAUD_RATE)
+            exclusive_serial_port()(proto, device, reactor, baudrate=BAUD_RATE)
         except Exception as e:  # pyserial raises SerialException/OSError/ValueError
             return defer.fail(e)
         return defer.succeed(None)
@@ -133,6 +136,11 @@ def describe_open_error(device: str, error: BaseException) -> str:
     """A line a Kegbot owner can act on."""
     err = getattr(error, "errno", None)
     text = str(error) or type(error).__name__
+    if err == errno.EBUSY:  # serial_lock.PortInUseError, or TIOCEXCL refusing open()
+        return (
+            f"{device} is in use by another program (another kegbot daemon, "
+            "kegboard-monitor, kegboard-info or kegboard-set-serial)"
+        )
     if err == errno.EACCES or "Permission denied" in text:
         return (
             f"permission denied opening {device}: add the daemon's user to the "
@@ -351,7 +359,13 @@ class BoardLink:
                 firmware=hello.firmware_version,
             )
             self.service.emit(
-                BoardConnected(name, self.device, hello.firmware_version, hello.serial_number or "")
+                BoardConnected(
+                    name,
+                    self.device,
+                    hello.firmware_version,
+                    hello.serial_number or "",
+                    hello.uptime_seconds,
+                )
             )
             pending, self._pending = self._pending, []
             for message in pending:

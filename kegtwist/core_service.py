@@ -83,6 +83,7 @@ class CoreService(Service):
         self._last_checkpoint: bytes | None = None
         self.closed_at_shutdown: set[str] = set()
         self._unjournaled: list[RecordDrink] = []
+        self._before_start: list[CoreInput] | None = []
 
     # inputs
 
@@ -90,6 +91,10 @@ class CoreService(Service):
         """One input, now.  Safe to call from any callback, effects included:
         an input that arrives while effects run waits for them to finish."""
         if self._stopped:
+            return
+        if self._before_start is not None:
+            # Inputs before the checkpoint is restored (cached taps) wait for it.
+            self._before_start.append(item)
             return
         if self._busy:
             self._queue.append(item)
@@ -279,7 +284,11 @@ class CoreService(Service):
                 reason=effect.reason,
                 ticks=pour.ticks,
                 volume_ml=pour.volume_ml,
-                extra="" if effect.recorded else ", not recorded (too small)",
+                extra=""
+                if effect.recorded
+                else ", held until its meter has a tap"
+                if effect.held
+                else ", not recorded (too small)",
             )
         elif pour.ticks == 0 or pour.duration_seconds == 0:
             self.log.info(
@@ -295,7 +304,10 @@ class CoreService(Service):
 
     def startService(self) -> None:
         super().startService()
+        early, self._before_start = self._before_start or [], None
         self.restore_checkpoint()
+        for item in early:
+            self.feed(item)
 
     def stopService(self) -> defer.Deferred[None] | None:
         """End pours (recorded) and close every valve the core opened."""

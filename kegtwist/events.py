@@ -85,9 +85,13 @@ class FlowRequest:
 
 @dataclass(frozen=True, slots=True)
 class ControllerConnectedEvent:
+    """``uptime_seconds`` is kegtwist's addition (classic programs ignore
+    it): a remote board that has just booted counts its meters from 0."""
+
     NAME: ClassVar[str] = "ControllerConnectedEvent"
     controller_name: str
     origin: str | None = None
+    uptime_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,10 @@ def _wire_data(event: Event) -> dict[str, Any]:
             "end_time": iso_time(event.end_time),
             "username": event.username,
         }
+    elif isinstance(event, ControllerConnectedEvent):
+        data = {"controller_name": event.controller_name}
+        if event.uptime_seconds is not None:
+            data["uptime_seconds"] = event.uptime_seconds
     else:
         data = {f.name: getattr(event, f.name) for f in fields(event) if f.name != "origin"}
     if event.origin is not None:
@@ -332,7 +340,8 @@ def _flow_request(d: dict[str, Any], origin: str | None) -> Event:
 
 
 def _controller(d: dict[str, Any], origin: str | None) -> Event:
-    return ControllerConnectedEvent(_str(d, "controller_name"), origin)
+    uptime = None if d.get("uptime_seconds") is None else _float(d, "uptime_seconds")
+    return ControllerConnectedEvent(_str(d, "controller_name"), origin, uptime)
 
 
 def _flow_update(d: dict[str, Any], origin: str | None) -> Event:

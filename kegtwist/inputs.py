@@ -19,6 +19,8 @@ class BoardConnected:
     device: str
     firmware_version: int | None = None
     serial_number: str = ""
+    uptime_seconds: float | None = None
+    """From the hello: a board up for seconds has just counted from 0."""
 
 
 @dataclass(frozen=True, slots=True)

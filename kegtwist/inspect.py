@@ -53,6 +53,14 @@ def status_text(daemon: KegbotService) -> str:
                 f"  {snap.meter_name}: flow {snap.flow_id}, {snap.username or 'anonymous'}, "
                 f"{snap.ticks} ticks, {snap.volume_ml:.0f} mL, since {_time(snap.start_wall)}"
             )
+        if core.held:
+            lines.append(
+                f"Drinks waiting for a tap ({len(core.held)}): "
+                + ", ".join(
+                    f"flow {h.drink.flow_id} on {h.drink.meter_name} ({h.drink.ticks} ticks)"
+                    for h in core.held.values()
+                )
+            )
         if core.cleaning:
             lines.append("Valves open for cleaning: " + ", ".join(sorted(core.cleaning.values())))
         lines.append(
@@ -74,7 +82,8 @@ def status_text(daemon: KegbotService) -> str:
         stats = daemon.core.core.stats
         lines.append(
             f"Counters: {stats.readings} readings, {stats.drinks} drinks, {stats.pours_not_recorded} not recorded, "
-            f"{stats.garbage_readings} garbage readings, {stats.ghost_pours} ghost pours, {stats.tokens_denied} tokens denied"
+            f"{stats.garbage_readings} garbage readings, {stats.ghost_pours} ghost pours, {stats.tokens_denied} tokens denied, "
+            f"{stats.untapped_ticks} ticks on meters without a tap"
         )
     return "\n".join(lines)
 

@@ -155,6 +155,13 @@ class Hello:
     uptime_millis: int | None = None
     uptime_days: int | None = None
 
+    @property
+    def uptime_seconds(self) -> float | None:
+        """Time since the board booted (its counters started at 0 then)."""
+        if self.uptime_millis is None:
+            return None
+        return (self.uptime_days or 0) * 86_400.0 + self.uptime_millis / 1000.0
+
 
 @dataclass(frozen=True, slots=True)
 class BoardConfiguration:

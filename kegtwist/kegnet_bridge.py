@@ -101,7 +101,9 @@ class KegnetBridge:
         elif isinstance(item, ThermoReading):
             self.publish(events.ThermoEvent(item.sensor_name, item.celsius))
         elif isinstance(item, BoardConnected):
-            self.publish(events.ControllerConnectedEvent(item.board))
+            self.publish(
+                events.ControllerConnectedEvent(item.board, uptime_seconds=item.uptime_seconds)
+            )
 
     def relay_driver(self, relay_name: str, on: bool) -> bool:
         """The core's relay driver: a local board if ours, else the bus.
@@ -233,7 +235,9 @@ class KegnetBridge:
         if isinstance(event, events.ControllerConnectedEvent):
             if self.owns_board(event.controller_name):
                 return None
-            return BoardConnected(event.controller_name, "kegnet")
+            return BoardConnected(
+                event.controller_name, "kegnet", uptime_seconds=event.uptime_seconds
+            )
         return None
 
     def _relay_command(self, event: events.SetRelayOutputEvent) -> None:

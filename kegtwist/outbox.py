@@ -77,6 +77,7 @@ class DrinkItem:
     uncertain: bool = False
     attempts: int = 0
     original_username: str | None = None  # set when re-posted as a guest
+    post_volume: bool = False  # the config file calibrated the tap: send volume_ml
 
 
 class StateDirBusy(StartupError, RuntimeError):
@@ -334,6 +335,7 @@ class Outbox:
             duration_seconds=drink.duration_seconds,
             reason=drink.reason,
             record_date=date,
+            post_volume=drink.post_volume,
         )
         self._write({"op": "add", "seq": item.seq, "item": asdict(item)})
         self.stats.drinks_added += 1

@@ -158,6 +158,10 @@ def build(
     if role != "core":
         _board_side(top, options, reactor, clock, bridge)
 
+    # Every role with a core syncs taps the same way (a core-role daemon
+    # has no boards but needs the server's taps all the same).
+    if top.tap_sync is not None:
+        top.tap_sync.setServiceParent(top)
     if top.core is not None:
         top.core.setServiceParent(top)
 
@@ -258,7 +262,9 @@ def _core_side(
             core_service.feed,
             options.core_config.taps,
             clock,
-            pours_active=lambda: bool(core.pours),
+            # Held drinks wait for a tap: look for one as often as mid-pour.
+            pours_active=lambda: bool(core.pours or core.held),
+            cache_path=state_dir / "taps.json",
         )
         if bridge is not None:
             delivery.listeners.append(bridge.drink_recorded)
@@ -267,7 +273,10 @@ def _core_side(
 
     def to_outbox(effect: Effect) -> None:
         if isinstance(effect, RecordDrink):
-            outbox.add_drink(effect)
+            item = outbox.add_drink(effect)
+            if effect.dead_reason is not None:
+                outbox.dead_letter(item, effect.dead_reason, None, effect.end_wall)
+                return
         elif isinstance(effect, RecordTemperature):
             outbox.add_temperature(effect)
         elif isinstance(effect, RegisterController) and tap_sync is not None:
@@ -298,7 +307,7 @@ def _core_side(
             else "no API key: set --api-key or $KEGBOT_API_KEY",
             dir=str(state_dir),
         )
-    if not core.taps and client is None and not config["simulate"]:
+    if not core.taps and client is None:
         log.warn(
             "No taps configured: ticks are counted but no pour is recorded. "
             "Add [[taps]] to a --config file (see tap-configs/kegbot.toml)"
@@ -318,19 +327,12 @@ def _board_side(
     board_specs = list(options.board_specs)
     if config["simulate"]:
         from .board import BoardSpec
-        from .simulate import SimulatedBoards, simulated_taps
+        from .simulate import SimulatedBoards
 
+        # The simulated taps are file taps: options adds them to core_config.
         simulated = SimulatedBoards(reactor, config["simulate"], config["simulate_pours"], clock)
         simulated.setServiceParent(top)  # stops after the boards have closed
         board_specs += [BoardSpec("path", path) for path in simulated.paths]
-        if core_service is not None:
-            core = core_service.core
-            known = {t.meter for t in options.core_config.taps}
-            extra = tuple(t for t in simulated_taps(config["simulate"]) if t.meter not in known)
-            core.taps.update({t.meter: t for t in extra})
-            if top.tap_sync is not None:
-                file_taps = options.core_config.taps + extra
-                top.tap_sync.file_taps = top.tap_sync.taps = file_taps
 
     sinks: list[Callable[[BoardInput], None]] = []
     if core_service is not None:
@@ -350,8 +352,6 @@ def _board_side(
     elif core_service is not None:
         core_service.relay_driver = boards.set_relay
     boards.setServiceParent(top)
-    if top.tap_sync is not None:
-        top.tap_sync.setServiceParent(top)
 
 
 def make_service(options: Options, reactor: Any | None = None) -> IService:

@@ -99,6 +99,8 @@ POURS: dict[str, Check] = {
     "max_delta_ticks": _integer(minimum=1),
     "max_pour_seconds": _number(positive=True),
     "valve_refresh_seconds": _number(positive=True),
+    "fresh_boot_seconds": _number(minimum=0),
+    "untapped_hold_hours": _number(positive=True),
 }
 AUTH: dict[str, Check] = {
     "offline_policy": _choice("deny", "cached"),
@@ -187,7 +189,9 @@ def _parse(data: Mapping[str, Any]) -> FileSettings:
         if values["meter"] in seen:
             raise ConfigError(f"{where}.meter: {values['meter']} is listed twice")
         seen.add(values["meter"])
-        taps.append(TapConfig(**values))
+        # The file's calibration is the owner's word: the drink is posted
+        # with the volume it gives, or the server would compute another.
+        taps.append(TapConfig(**values, post_volume=True))
     options = {}
     for key, value in data.items():
         if key in ("pours", "auth", "taps"):

@@ -86,7 +86,11 @@ def test_ping_on_open_hello_names_board_and_meters_become_inputs(
     service, recorder = start_service([board.path], cleanup, reactor)
     yield pinged
     connected = yield recorder.wait_for(lambda i: isinstance(i, BoardConnected))
-    assert connected == BoardConnected("kegboard-abcd1234", board.path, 18, "KB-0001-ABCD1234")
+    # The board has been up for decades (booted_at 0): not a fresh boot.
+    assert connected == BoardConnected(
+        "kegboard-abcd1234", board.path, 18, "KB-0001-ABCD1234", connected.uptime_seconds
+    )
+    assert connected.uptime_seconds is not None and connected.uptime_seconds > 86_400
     assert service.boards["kegboard-abcd1234"].device == board.path
 
     board.pour("flow0", 10)
@@ -126,7 +130,7 @@ def test_unnamed_board_is_kegboard_and_pings_repeat_until_hello(
     board.send_hello()
     yield recorder.wait_for(lambda i: isinstance(i, MeterReading))
     assert recorder.items == [
-        BoardConnected("kegboard", board.path, 18, ""),
+        BoardConnected("kegboard", board.path, 18, "", recorder.items[0].uptime_seconds),
         MeterReading("kegboard.flow0", 3),
     ]
 

@@ -178,12 +178,108 @@ def test_idle_end_is_on_time_from_the_last_tick() -> None:
     assert h.now == 17.0
 
 
-def test_ticks_on_an_unknown_meter_start_nothing() -> None:
+def test_ticks_on_an_unknown_meter_are_held_until_a_tap_is_known() -> None:
     h = Harness()
     h.read("kegboard.flow7", 0)
     h.read("kegboard.flow7", 50)
-    assert h.core.pours == {}
+    assert h.core.pours["kegboard.flow7"].untapped
     assert h.core.stats.untapped_ticks == 50
+    [warning] = [n for n in h.of(Notice) if "no tap" in n.message]
+    assert warning.level == "warn" and warning.fields["meter"] == "kegboard.flow7"
+    h.at(1.0)
+    h.read("kegboard.flow7", 80)
+    h.at(30.0)  # idle: the pour ends, nothing recorded yet, nothing lost
+    assert h.drinks() == [] and h.core.pours == {}
+    [ended] = [e for e in h.of(PourUpdate) if e.state == "completed"]
+    assert ended.held and not ended.recorded
+    assert list(h.core.held) == [ended.pour.flow_id]
+    # A second pour on the same meter: no second warning.
+    h.read("kegboard.flow7", 100)
+    assert len([n for n in h.of(Notice) if "no tap" in n.message]) == 1
+    h.feed(TapsChanged((TAP0, TapConfig("kegboard.flow7", 0.5, post_volume=True))))
+    [drink] = h.drinks()
+    assert (drink.meter_name, drink.ticks, drink.volume_ml) == ("kegboard.flow7", 80, 40.0)
+    assert drink.post_volume and drink.dead_reason is None
+    assert h.core.held == {}
+    # The pour in progress got its tap and is recorded with every tick.
+    assert not h.core.pours["kegboard.flow7"].untapped
+    h.read("kegboard.flow7", 160)
+    h.at(60.0)
+    assert [d.ticks for d in h.drinks()] == [80, 80]  # 80 to 100 untapped, then 160
+
+
+def test_a_held_drink_becomes_a_dead_letter_after_the_hold() -> None:
+    h = Harness(CoreConfig(pours=PourSettings(untapped_hold_hours=0.5), taps=(TAP0,)))
+    h.read("kegboard.flow7", 0)
+    h.read("kegboard.flow7", 50)
+    h.at(11.0)
+    assert h.drinks() == []
+    h.at(1799.0)  # the hold counts from the drink's end, its last tick at 0
+    assert h.drinks() == []
+    h.at(1800.0)
+    [dead] = h.drinks()
+    assert dead.ticks == 50 and dead.dead_reason == "no tap for kegboard.flow7"
+    assert any(n.level == "error" for n in h.of(Notice))
+    # Never recorded a second time when a tap shows up later.
+    h.feed(TapsChanged((TapConfig("kegboard.flow7", 0.5),)))
+    assert len(h.drinks()) == 1
+
+
+def test_held_drinks_and_untapped_pours_survive_a_restart() -> None:
+    h = Harness(CoreConfig(taps=(TAP0,)))
+    h.read("kegboard.flow7", 0)
+    h.read("kegboard.flow7", 40)
+    h.at(20.0)  # ended and held
+    h.read("kegboard.flow7", 70)  # a second, untapped pour in progress
+    state = h.core.checkpoint()
+    again = Harness(CoreConfig(taps=(TAP0,)))
+    again.now = 21.0
+    again.effects += again.core.restore(state, 21.0, WALL0 + 21.0)
+    assert list(again.core.held) == list(h.core.held)
+    assert again.core.pours["kegboard.flow7"].untapped
+    again.feed(TapsChanged((TAP0, TapConfig("kegboard.flow7", 1.0))))
+    again.at(60.0)
+    assert sorted(d.ticks for d in again.drinks()) == [30, 40]
+
+
+def test_a_freshly_booted_board_counts_its_first_report() -> None:
+    """The firmware counts from 0 at boot: a board up for 2 s that reports
+    545 ticks has poured 545, whatever the checkpoint held before."""
+    h = Harness()
+    h.feed(BoardConnected("kegboard", "/dev/ttyACM0", 18, "", uptime_seconds=2.0))
+    h.read("kegboard.flow0", 545)
+    h.at(30.0)
+    assert [d.ticks for d in h.drinks()] == [545]
+    # A restored baseline of 9,000 means nothing after a fresh boot.
+    h2 = Harness()
+    h2.core.restore({"meters": {"kegboard.flow0": 9000}}, 0.0, WALL0)
+    h2.feed(BoardConnected("kegboard", "/dev/ttyACM0", 18, "", uptime_seconds=0.5))
+    h2.read("kegboard.flow0", 120)
+    h2.at(30.0)
+    assert [d.ticks for d in h2.drinks()] == [120]
+    # A board that has been up a while: its first report is a baseline.
+    h3 = Harness()
+    h3.feed(BoardConnected("kegboard", "/dev/ttyACM0", 18, "", uptime_seconds=3600.0))
+    h3.read("kegboard.flow0", 545)
+    h3.at(30.0)
+    assert h3.drinks() == []
+    # The jump guard still applies to a fresh board's first report.
+    h4 = Harness()
+    h4.feed(BoardConnected("kegboard", "/dev/ttyACM0", 18, "", uptime_seconds=1.0))
+    h4.read("kegboard.flow0", 100_000)
+    assert h4.core.stats.garbage_readings == 1
+
+
+def test_drinks_carry_the_file_calibration_flag() -> None:
+    h = Harness(CoreConfig(taps=(TapConfig("kegboard.flow0", 0.5, post_volume=True), TAP1)))
+    for meter in ("kegboard.flow0", "kegboard.flow1"):
+        h.read(meter, 0)
+        h.read(meter, 100)
+    h.at(30.0)
+    assert {(d.meter_name, d.post_volume) for d in h.drinks()} == {
+        ("kegboard.flow0", True),
+        ("kegboard.flow1", False),
+    }
 
 
 def test_small_pour_counted_not_recorded() -> None:

@@ -26,6 +26,12 @@ class PourSettings:
     """The board drops a relay 10 s after the last command."""
     progress_seconds: float = 0.25
     """At most one progress update per pour per this interval."""
+    fresh_boot_seconds: float = 10.0
+    """A board whose hello reports less uptime has just booted: its meters
+    counted from 0, so their baselines are 0 whatever the checkpoint says."""
+    untapped_hold_hours: float = 24.0
+    """A drink on a meter with no tap waits this long for one, then becomes
+    a dead letter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,9 @@ class TapConfig:
     ml_per_tick: float
     relay: str | None = None
     name: str | None = None
+    post_volume: bool = False
+    """Post ``volume_ml`` with the drink (the config file set ``ml_per_tick``),
+    so the server records the volume the owner calibrated, not its own."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,22 @@ where the sources are silent:
   started on even if the tap table changes under it.
 * Flow ids count up from ``first_flow_id``; the adapter seeds it from the
   wall clock so ids stay unique across restarts.
+* Ticks on a meter with no tap are never dropped: they make an *untapped*
+  pour like any other (anonymous, no valve, volume unknown).  When it ends
+  its drink is *held* (in the checkpoint) until a tap for the meter is
+  known, then recorded with every tick; after ``untapped_hold_hours`` it
+  becomes a drink with a ``dead_reason`` (a dead letter for the operator).
+  A pour in progress gets its tap as soon as one is known.
+* A board whose hello reports less than ``fresh_boot_seconds`` of uptime
+  has just booted and counted from 0: its meters' baselines become 0, so a
+  first report of N ticks is N ticks poured (still subject to
+  ``max_delta_ticks``).
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..inputs import (
@@ -104,6 +114,7 @@ class Pour:
     valve_open: bool = False
     last_progress_mono: float | None = None
     cleaning: bool = False
+    untapped: bool = False  # no tap known yet: ``tap`` is a placeholder
 
     @property
     def meter_name(self) -> str:
@@ -131,6 +142,14 @@ class Pour:
             last_activity_wall=last_wall,
             duration_seconds=max(0.0, last_mono - self.start_mono),
         )
+
+
+@dataclass(slots=True)
+class HeldDrink:
+    """A pour that ended on a meter with no tap, waiting for one."""
+
+    drink: RecordDrink
+    end_mono: float
 
 
 @dataclass(slots=True)
@@ -178,6 +197,9 @@ class Core:
         self.boards: set[str] = set()
         self.open_relays: set[str] = set()
         self.cleaning: dict[str, str] = {}  # meter -> relay opened by hand
+        self.held: dict[int, HeldDrink] = {}  # flow id -> drink without a tap
+        self.untapped_warned: set[str] = set()
+        self.fresh_boards: set[str] = set()  # booted just now: meters start at 0
         self._next_flow_id = self.first_flow_id
         self._timers: list[_Timer] = []
         self._seq = 0
@@ -206,6 +228,7 @@ class Core:
             self.boards.discard(item.board)
         elif isinstance(item, TapsChanged):
             self.taps = {t.meter: t for t in item.taps}
+            self._tap_untapped(out)
         elif isinstance(item, ManualValve):
             self._manual_valve(item, mono, wall, out)
         elif isinstance(item, RelayStatus):
@@ -267,6 +290,7 @@ class Core:
                     "captive": pour.captive,
                     "max_volume_ml": pour.max_volume_ml,
                     "ticks_at_auth": pour.ticks_at_auth,
+                    "untapped": pour.untapped,
                 }
             )
         return {
@@ -274,6 +298,7 @@ class Core:
             "next_flow_id": self._next_flow_id,
             "meters": {name: m.last for name, m in self.meters.items() if m.last is not None},
             "pours": pours,
+            "held": [_drink_state(h.drink) for h in self.held.values()],
         }
 
     def restore(self, state: dict[str, Any], mono: float, wall: float) -> list[Effect]:
@@ -292,6 +317,7 @@ class Core:
             self.meters[name] = MeterState(last=int(last))
         for p in state.get("pours", []):
             tap_data = p["tap"]
+            untapped = bool(p.get("untapped"))
             tap = TapConfig(
                 tap_data["meter"], float(tap_data["ml_per_tick"]), tap_data.get("relay")
             )
@@ -317,6 +343,7 @@ class Core:
                 max_volume_ml=p.get("max_volume_ml"),
                 ticks_at_auth=int(p.get("ticks_at_auth", 0)),
                 last_progress_mono=mono,
+                untapped=untapped,
             )
             if last_mono is not None:
                 # Keep the measured duration even if the wall clock moved.
@@ -331,6 +358,11 @@ class Core:
                     {"flow_id": pour.flow_id, "meter": tap.meter, "ticks": pour.ticks},
                 )
             )
+        for d in state.get("held", []):
+            drink = RecordDrink(**d)
+            end_mono = mono - max(0.0, wall - drink.end_wall)
+            self._hold(drink, end_mono)
+        self._tap_untapped(out)
         self._run_timers(mono, wall, out)
         return out
 
@@ -341,7 +373,8 @@ class Core:
         stats.readings += 1
         meter = self.meters.get(item.meter_name)
         if meter is None:
-            meter = self.meters[item.meter_name] = MeterState()
+            fresh = item.meter_name.rpartition(".")[0] in self.fresh_boards
+            meter = self.meters[item.meter_name] = MeterState(last=0 if fresh else None)
         delta, verdict = meter.update(item.ticks, self.config.pours.max_delta_ticks)
         if verdict == "garbage":
             stats.garbage_readings += 1
@@ -370,13 +403,15 @@ class Core:
             stats.wraps += 1
         if delta <= 0:
             return
-        tap = self.taps.get(item.meter_name)
         pour = self.pours.get(item.meter_name)
         if pour is None:
+            tap = self.taps.get(item.meter_name)
             if tap is None:
-                stats.untapped_ticks += delta
-                return
-            pour = self._start_pour(tap, mono, wall, out)
+                pour = self._start_untapped_pour(item.meter_name, mono, wall, out)
+            else:
+                pour = self._start_pour(tap, mono, wall, out)
+        if pour.untapped:
+            stats.untapped_ticks += delta
         pour.ticks += delta
         pour.last_tick_mono = mono
         pour.last_tick_wall = wall
@@ -407,6 +442,68 @@ class Core:
         out.append(PourUpdate(pour.snapshot(), "active"))
         return pour
 
+    def _start_untapped_pour(self, meter: str, mono: float, wall: float, out: list[Effect]) -> Pour:
+        """Ticks with no tap: a pour all the same, its drink held for a tap."""
+        pour = self._start_pour(TapConfig(meter, 0.0), mono, wall, out)
+        pour.untapped = True
+        if meter not in self.untapped_warned:
+            self.untapped_warned.add(meter)
+            out.append(
+                Notice(
+                    "warn",
+                    "Ticks on {meter}, which has no tap: pour {flow_id} is kept and recorded once "
+                    "a tap for {meter} is known (on the Kegbot Server or in [[taps]]); "
+                    "after {hours:g} h it becomes a dead letter",
+                    {
+                        "meter": meter,
+                        "flow_id": pour.flow_id,
+                        "hours": self.config.pours.untapped_hold_hours,
+                    },
+                )
+            )
+        return pour
+
+    def _hold(self, drink: RecordDrink, end_mono: float) -> None:
+        self.held[drink.flow_id] = HeldDrink(drink, end_mono)
+        self._arm(
+            "hold", str(drink.flow_id), end_mono + self.config.pours.untapped_hold_hours * 3600
+        )
+
+    def _tap_untapped(self, out: list[Effect]) -> None:
+        """Taps became known: untapped pours get theirs, held drinks are recorded."""
+        for meter, pour in self.pours.items():
+            tap = self.taps.get(meter)
+            if pour.untapped and tap is not None:
+                pour.tap = tap
+                pour.untapped = False
+        for flow_id, held in list(self.held.items()):
+            drink = held.drink
+            tap = self.taps.get(drink.meter_name)
+            if tap is None:
+                continue
+            del self.held[flow_id]
+            self._disarm("hold", str(flow_id))
+            volume = drink.ticks * tap.ml_per_tick
+            recorded = volume >= self.config.pours.min_volume_ml
+            out.append(
+                Notice(
+                    "info",
+                    "Held pour {flow_id} on {meter} now has a tap: {ticks} ticks, {volume_ml:.1f} mL{extra}",
+                    {
+                        "flow_id": flow_id,
+                        "meter": drink.meter_name,
+                        "ticks": drink.ticks,
+                        "volume_ml": volume,
+                        "extra": "" if recorded else ", not recorded (too small)",
+                    },
+                )
+            )
+            if recorded:
+                self.stats.drinks += 1
+                out.append(replace(drink, volume_ml=volume, post_volume=tap.post_volume))
+            else:
+                self.stats.pours_not_recorded += 1
+
     def _end_pour(self, meter: str, reason: str, out: list[Effect]) -> None:
         pour = self.pours.pop(meter)
         self._disarm("pour", meter)
@@ -428,24 +525,30 @@ class Core:
                 )
             )
             return
+        drink = RecordDrink(
+            flow_id=pour.flow_id,
+            meter_name=meter,
+            ticks=pour.ticks,
+            volume_ml=snapshot.volume_ml,
+            username=pour.username,
+            auth_device=pour.auth_device,
+            start_wall=snapshot.start_wall,
+            end_wall=snapshot.last_activity_wall,
+            duration_seconds=snapshot.duration_seconds,
+            reason=reason,
+            post_volume=pour.tap.post_volume,
+        )
+        if pour.untapped:
+            out.append(PourUpdate(snapshot, "completed", reason, False, held=True))
+            if pour.ticks > 0:
+                end_mono = pour.last_tick_mono if pour.last_tick_mono is not None else pour.start_mono
+                self._hold(drink, end_mono)
+            return
         recorded = pour.ticks > 0 and snapshot.volume_ml >= self.config.pours.min_volume_ml
         out.append(PourUpdate(snapshot, "completed", reason, recorded))
         if recorded:
             self.stats.drinks += 1
-            out.append(
-                RecordDrink(
-                    flow_id=pour.flow_id,
-                    meter_name=meter,
-                    ticks=pour.ticks,
-                    volume_ml=snapshot.volume_ml,
-                    username=pour.username,
-                    auth_device=pour.auth_device,
-                    start_wall=snapshot.start_wall,
-                    end_wall=snapshot.last_activity_wall,
-                    duration_seconds=snapshot.duration_seconds,
-                    reason=reason,
-                )
-            )
+            out.append(drink)
         else:
             self.stats.pours_not_recorded += 1
 
@@ -619,6 +722,22 @@ class Core:
         self.boards.add(item.board)
         out.append(RegisterController(item.board))
         prefix = item.board + "."
+        uptime = item.uptime_seconds
+        if uptime is not None and uptime < self.config.pours.fresh_boot_seconds:
+            self.fresh_boards.add(item.board)
+            for name, meter in self.meters.items():
+                if name.startswith(prefix):
+                    meter.last = 0
+                    meter.suspect = None
+            out.append(
+                Notice(
+                    "info",
+                    "{board} booted {uptime:.1f} s ago: its meters count from 0",
+                    {"board": item.board, "uptime": uptime},
+                )
+            )
+        else:
+            self.fresh_boards.discard(item.board)
         for tap in self.taps.values():
             if tap.relay and tap.relay.startswith(prefix):
                 pour = self.pours.get(tap.meter)
@@ -714,8 +833,31 @@ class Core:
                         )
                     )
                     self._stop_cleaning(timer.key, out)
+            elif timer.kind == "hold":
+                held = self.held.pop(int(timer.key), None)
+                if held is not None:
+                    meter = held.drink.meter_name
+                    out.append(
+                        Notice(
+                            "error",
+                            "Pour {flow_id} on {meter} ({ticks} ticks) waited {hours:g} h for a "
+                            "tap: kept as a dead letter (kegbot-outbox dead)",
+                            {
+                                "flow_id": held.drink.flow_id,
+                                "meter": meter,
+                                "ticks": held.drink.ticks,
+                                "hours": self.config.pours.untapped_hold_hours,
+                            },
+                        )
+                    )
+                    out.append(replace(held.drink, dead_reason=f"no tap for {meter}"))
             elif timer.kind == "sensor":
                 sensor = self.sensors.get(timer.key)
                 if sensor is not None and not sensor.lost:
                     sensor.lost = True
                     out.append(SensorState(timer.key, True))
+
+
+def _drink_state(drink: RecordDrink) -> dict[str, Any]:
+    """A drink as plain JSON-able values, for the checkpoint."""
+    return {name: getattr(drink, name) for name in RecordDrink.__dataclass_fields__}

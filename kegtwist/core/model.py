@@ -117,6 +117,8 @@ class PourUpdate:
     state: Literal["active", "completed"]
     reason: str | None = None
     recorded: bool = False
+    held: bool = False
+    """Ended on a meter with no tap: the drink waits for one (not lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,11 @@ class RecordDrink:
     end_wall: float
     duration_seconds: float
     reason: str
+    post_volume: bool = False
+    """Send ``volume_ml`` to the server (the owner calibrated the tap)."""
+    dead_reason: str | None = None
+    """Set when the drink cannot be delivered (no tap for its meter in
+    time): the outbox keeps it as a dead letter for the operator."""
 
 
 @dataclass(frozen=True, slots=True)
