@@ -7,6 +7,28 @@ that covers reading the body too (treq's ``timeout=`` alone does not).
 The API key travels in ``X-Kegbot-Api-Key`` and appears in no log line,
 exception text or repr.
 
+**The key goes only to the configured origin.**  ``--api-url`` fixes one
+origin (scheme, host, port); every request goes to a path under it, and the
+key header is attached only to a URL of that origin (:func:`origin`).
+Redirects are never followed: treq follows them by default
+(``allow_redirects=True`` wraps the agent in a ``RedirectAgent``, which
+forwards custom headers such as ours to any host, even from https to http),
+so every request passes ``allow_redirects=False``.  A 3xx answer is a
+``transient`` :class:`ServerError` naming its ``Location`` (without
+user-info, never the key) and saying whether it pointed to another origin,
+from https to http, or within the same origin (:func:`redirect_error`): the
+owner fixes ``--api-url``.  Refusing even same-origin redirects keeps the
+exactly-once rule simple: a drink POST is never turned into a GET or sent
+twice by a redirect.
+
+**Replies are capped at 4 MiB** (:data:`MAX_REPLY_BYTES`).  The body is
+read by our own bounded protocol (treq's buffering is off:
+``unbuffered=True``); a reply that declares or sends more is dropped at
+once (the connection closed, nothing more buffered) and fails as
+``unknown`` with "reply over 4 MiB": tap sync keeps the tap table it had,
+and a drink POST's outcome is unknown, so the drink is looked up before any
+re-send.
+
 Every failure is a :class:`ServerError` whose ``kind`` says what a caller
 may do about it:
 
@@ -24,8 +46,9 @@ may do about it:
     v1.3.0 raises for an unknown username (``unknown_user``) or negative
     values.
 ``transient``
-    Any other 5xx, JSON or HTML (a proxy's 502), "Setup required", and a
-    2xx whose body is not the JSON expected.  Retry later.
+    Any other 5xx, JSON or HTML (a proxy's 502), "Setup required", a 3xx
+    (redirects are not followed), and a 2xx whose body is not the JSON
+    expected.  Retry later.
 """
 
 from __future__ import annotations
@@ -35,22 +58,29 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet import defer, error
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent, _WrapperException
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
     _HTTP11ClientFactory,
 )
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 ErrorKind = Literal["unreachable", "unknown", "transient", "bad_key", "permanent"]
 DEFAULT_TIMEOUT = 10.0
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""No reply body is read past this; real replies are far smaller."""
 
 
 class ServerError(Exception):
@@ -333,6 +363,129 @@ def _network_error(failure_value: BaseException) -> ServerError:
     return ServerError("unknown", f"{failure_value.__class__.__name__}: {failure_value}")
 
 
+# --- where the key may go, and how much may come back ----------------------------
+
+Origin = tuple[str, str, int | None]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> Origin:
+    """(scheme, host, port) of ``url``, the port made explicit."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "", "", None  # no origin: matches none but another unparsable URL
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def _shown(url: str) -> str:
+    """A URL fit for a log line: no user-info, printable, at most 200 characters."""
+    try:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    except ValueError:
+        pass
+    text = "".join(c if c.isprintable() else "?" for c in url)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def redirect_error(request_url: str, status: int, location: str | None) -> ServerError:
+    """The answer to a 3xx: never followed (the module docstring says why),
+    and the reason says where it pointed so the owner can fix ``--api-url``.
+
+    From https to http, to another origin, or within the same one: all
+    refused; only the wording differs."""
+    if not location:
+        reason = f"HTTP {status} without a Location (redirects are not followed)"
+        return ServerError("transient", reason, status=status)
+    try:
+        target = urljoin(request_url, location.strip())
+    except ValueError:  # not even a URL: refused all the same
+        target = location
+    mine, theirs = origin(request_url), origin(target)
+    where = _shown(target)
+    if mine[0] == "https" and theirs[0] != "https":
+        why = "from https to http: the API key never leaves https"
+    elif theirs != mine:
+        scheme, host, port = mine
+        why = f"to another origin: the API key goes only to {scheme}://{host}:{port}"
+    else:
+        why = "within the same server, but redirects are not followed"
+    return ServerError(
+        "transient",
+        f"redirect refused: HTTP {status} to {where} ({why}); set --api-url to the "
+        "address the Kegbot Server answers on",
+        status=status,
+    )
+
+
+class ReplyTooLarge(Exception):
+    """A reply body over the cap (the connection is dropped)."""
+
+
+class _CappedBody(Protocol):
+    """Collects a reply body of at most ``limit`` bytes.
+
+    Past the limit (or when the reply declares more) it drops the
+    connection and fails with :class:`ReplyTooLarge`; it never holds more
+    than ``limit`` bytes.  Cancelling (the call's timeout) drops the
+    connection too, so a slow body stops arriving."""
+
+    def __init__(self, limit: int, declared: int | None) -> None:
+        self.limit = limit
+        self.declared = declared
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred(lambda _: self._drop())
+
+    def connectionMade(self) -> None:
+        if self.declared is not None and self.declared > self.limit:
+            self._overflow()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._overflow()
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+        self.chunks = []
+
+    def _overflow(self) -> None:
+        self.chunks = []
+        self._drop()
+        if not self.done.called:
+            self.done.errback(ReplyTooLarge())
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+def read_capped(response: IResponse, limit: int = MAX_REPLY_BYTES) -> defer.Deferred[bytes]:
+    """The body of ``response``, or :class:`ReplyTooLarge` past ``limit`` bytes."""
+    length = response.length
+    collector = _CappedBody(limit, None if length is UNKNOWN_LENGTH else int(length))
+    response.deliverBody(collector)
+    return collector.done
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
+
+
 # --- the client --------------------------------------------------------------------
 
 
@@ -357,11 +510,14 @@ class KegbotServerClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         pool: HTTPConnectionPool | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.reactor = reactor
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self.origin = origin(self.api_url)
         self._api_key = api_key
         self.timeout = timeout
+        self.max_reply_bytes = max_reply_bytes
         self.pool = pool if pool is not None else _QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 4
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
@@ -375,9 +531,9 @@ class KegbotServerClient:
 
     # plumbing
 
-    def _headers(self) -> dict[bytes, list[bytes]]:
+    def _headers(self, url: str) -> dict[bytes, list[bytes]]:
         headers = {b"Accept": [b"application/json"]}
-        if self._api_key:
+        if self._api_key and origin(url) == self.origin:
             headers[b"X-Kegbot-Api-Key"] = [self._api_key.encode()]
         return headers
 
@@ -397,14 +553,28 @@ class KegbotServerClient:
         started = time.monotonic()
 
         async def exchange() -> tuple[int, str, bytes]:
-            kwargs: dict[str, Any] = {"headers": self._headers()}
+            kwargs: dict[str, Any] = {"headers": self._headers(url)}
             if form is not None:
                 kwargs["data"] = form  # treq form-encodes a dict
-            response = await self.http.request(method, url, **kwargs)
-            body: bytes = await response.content()
-            content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode(
-                "latin-1"
+            # Never follow a redirect (the key would go along), never let
+            # treq buffer the body: ours is read with a cap.
+            response = await self.http.request(
+                method, url, allow_redirects=False, unbuffered=True, **kwargs
             )
+            try:
+                body = await read_capped(response, self.max_reply_bytes)
+            except ReplyTooLarge:
+                raise ServerError(
+                    "unknown",
+                    f"reply over {_size(self.max_reply_bytes)} (HTTP {response.code}); "
+                    "connection dropped",
+                    status=response.code,
+                ) from None
+            header = response.headers.getRawHeaders
+            content_type = (header(b"content-type") or [b""])[0].decode("latin-1")
+            if 300 <= response.code < 400:
+                location = (header(b"location") or [b""])[0].decode("latin-1")
+                raise redirect_error(url, response.code, location)
             return response.code, content_type, body
 
         d = defer.Deferred.fromCoroutine(exchange())
@@ -414,7 +584,7 @@ class KegbotServerClient:
         except Exception as e:
             # A timeout is "unknown" even if it hit while connecting: we
             # cannot tell, and the safe answer costs one check.
-            raised = _network_error(e)
+            raised = e if isinstance(e, ServerError) else _network_error(e)
             if isinstance(e, defer.TimeoutError):
                 raised = ServerError("unknown", f"no answer within {timeout or self.timeout:g} s")
             self.log.debug(
