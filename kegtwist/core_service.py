@@ -5,6 +5,18 @@ schedules one DelayedCall for exactly the core's next deadline (no polling),
 and it executes effects: valve commands go to a relay driver (the board
 service, or Kegnet in the ``core`` role), token lookups to a resolver (the
 Kegbot Server), and everything else to listeners (logs, the outbox, Kegnet).
+
+A drink is logged when its pour ends and is never lost or counted twice,
+whatever the disk does.  It is *pending* in this service's memory until
+the listeners (the outbox) have it, and it is handed to them only once a
+checkpoint holding it is durable: the checkpoint's baselines already
+include the drink's ticks, so a drink journaled against an older checkpoint
+(which a restart would count again) cannot happen.  While the checkpoint
+cannot be written (disk full, EIO, read-only) the drink waits; while the
+journal append fails it waits too, still listed in the checkpoint's
+``drinks`` (a restart records it from there, unless the outbox already
+knows its flow).  Both are retried with backoff while pours go on.  A stop
+with drinks still pending says so at error level (``unwritten``).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .backoff import Backoff
 from .core import (
     Core,
     CoreInput,
@@ -41,6 +54,19 @@ RelayDriver = Callable[[str, bool], bool]
 TokenResolver = Callable[[str, str], "defer.Deferred[TokenLookupResult]"]
 EffectListener = Callable[[Effect], None]
 CHECKPOINT_DELAY = 0.5
+
+
+def disk_retry_backoff() -> Backoff:
+    """Retries of a failed checkpoint or journal write: 0.5 s doubling to 30 s."""
+    return Backoff(initial=0.5, factor=2.0, maximum=30.0)
+
+
+def _write_all(write: Callable[[int, bytes], int], fd: int, data: bytes) -> None:
+    while data:
+        n = write(fd, data)
+        if n <= 0:
+            raise OSError(28, os.strerror(28))  # ENOSPC
+        data = data[n:]
 
 
 def _iso(wall: float) -> str:
@@ -64,8 +90,20 @@ class CoreService(Service):
         wall: Callable[[], float] = time.time,
         checkpoint_path: Path | None = None,
         already_recorded: Callable[[int], bool] = lambda flow_id: False,
+        write: Callable[[int, bytes], int] = os.write,
+        fsync: Callable[[int], None] = os.fsync,
+        retry_backoff: Backoff | None = None,
     ) -> None:
         self.core = core
+        self.os_write = write  # the seams a disk fails through (tests)
+        self.os_fsync = fsync
+        self._backoff = retry_backoff if retry_backoff is not None else disk_retry_backoff()
+        self._retry_call: IDelayedCall | None = None
+        self._pending: list[RecordDrink] = []  # logged, not yet handed to the listeners
+        self._durable_flows: set[int] = set()  # pending drinks a durable checkpoint holds
+        self._checkpoint_error: str | None = None
+        self._handover_error: str | None = None
+        self.unwritten: list[RecordDrink] = []  # pending at stop (see stopService)
         self.checkpoint_path = checkpoint_path
         self.already_recorded = already_recorded
         self._checkpoint_call: IDelayedCall | None = None
@@ -82,7 +120,6 @@ class CoreService(Service):
         self._queue: list[CoreInput] = []
         self._last_checkpoint: bytes | None = None
         self.closed_at_shutdown: set[str] = set()
-        self._unjournaled: list[RecordDrink] = []
         self._before_start: list[CoreInput] | None = []
 
     # inputs
@@ -124,52 +161,157 @@ class CoreService(Service):
 
         The checkpoint holds meter baselines.  If it lagged behind a drink
         the outbox already holds, a restart would count that drink's ticks
-        again (measured: a 250-tick pour recorded twice after kill -9).
-        So when drinks come out, the checkpoint is written at once with the
-        new baselines *and the drinks themselves*, then the drinks go to the
-        outbox; a crash between the two re-adds them on restart, unless the
-        outbox already knows their flow."""
+        again (measured: a 250-tick pour recorded twice after kill -9; and a
+        checkpoint that could not be rewritten, ENOSPC, did the same).  So
+        when drinks come out, the checkpoint is written at once with the new
+        baselines *and the drinks themselves*, and only once it is durable
+        do the drinks go to the outbox; a crash between the two re-adds them
+        on restart, unless the outbox already knows their flow.  Until then
+        they are pending here (see the module docstring)."""
         drinks = [e for e in effects if isinstance(e, RecordDrink)]
-        if drinks and self.checkpoint_path is not None:
-            self._unjournaled = drinks
-            self.write_checkpoint()
+        if drinks:
+            self._pending.extend(drinks)
+            if not self.write_checkpoint():
+                waiting = [d for d in self._pending if d.flow_id not in self._durable_flows]
+                if waiting:
+                    self.log.warn(
+                        "{count} drink(s) wait in memory for the checkpoint (flow {flows})",
+                        count=len(waiting),
+                        flows=", ".join(str(d.flow_id) for d in waiting),
+                    )
         self._execute(effects)
-        self._unjournaled = []
+        if drinks:
+            self._hand_over()
+
+    # durability
+
+    def _hand_over(self) -> None:
+        """Pending drinks to the listeners, in order, each once a durable
+        checkpoint holds it.  A listener's ``OSError`` (the outbox could not
+        journal it) keeps it, and the ones after it, pending for a retry."""
+        handed = 0
+        failed: OSError | None = None
+        while self._pending:
+            drink = self._pending[0]
+            if drink.flow_id not in self._durable_flows:
+                self._schedule_retry()  # its checkpoint is not durable yet
+                break
+            if not self.already_recorded(drink.flow_id):  # (a retry after a partial success)
+                try:
+                    self._notify(drink)
+                except OSError as e:
+                    failed = e
+                    break
+            self._pending.pop(0)
+            handed += 1
+        if failed is not None:
+            if self._handover_error is None:
+                self.log.error(
+                    "Cannot write the drink for flow {flow_id} to the outbox ({error}); "
+                    "{count} drink(s) wait in memory and in the checkpoint, retrying with backoff",
+                    flow_id=self._pending[0].flow_id,
+                    error=failed,
+                    count=len(self._pending),
+                )
+            self._handover_error = str(failed)
+            self._schedule_retry()
+        elif handed and self._handover_error is not None:
+            self.log.info(
+                "Outbox writable again: {count} waiting drink(s) written to it", count=handed
+            )
+            self._handover_error = None
+        if handed:
+            self._checkpoint_soon()  # the checkpoint need not hold them any more
+
+    def _notify(self, drink: RecordDrink) -> None:
+        for listener in self.listeners:
+            try:
+                listener(drink)
+            except OSError:
+                raise
+            except Exception:
+                self.log.failure("Effect listener failed on {effect}", effect=drink)
+
+    def _schedule_retry(self) -> None:
+        if self._stopped or (self._retry_call is not None and self._retry_call.active()):
+            return
+        self._retry_call = self.clock.callLater(self._backoff.next_delay(), self._retry)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        if self._stopped:
+            return
+        if self.write_checkpoint():
+            self._hand_over()
+        if self._checkpoint_error is None and not self._pending:
+            self._backoff.reset()
 
     # crash safety
 
     def _checkpoint_soon(self) -> None:
-        """Keep the checkpoint at most CHECKPOINT_DELAY old while things change."""
-        if self.checkpoint_path is None or self._stopped:
+        """Keep the checkpoint at most CHECKPOINT_DELAY old while things change
+        (while writing it fails, the backoff retry does it instead)."""
+        if self.checkpoint_path is None or self._stopped or self._checkpoint_error is not None:
             return
         if self._checkpoint_call is None or not self._checkpoint_call.active():
             self._checkpoint_call = self.clock.callLater(CHECKPOINT_DELAY, self.write_checkpoint)
 
-    def write_checkpoint(self) -> None:
-        """Baselines and open pours, written atomically (tmp, fsync, rename)."""
+    def write_checkpoint(self) -> bool:
+        """Baselines, open pours and pending drinks, written atomically (tmp,
+        fsync, rename, fsync of the directory).  False if the disk refused
+        it: the previous checkpoint stays, and a retry is scheduled."""
         if self._checkpoint_call is not None and self._checkpoint_call.active():
             self._checkpoint_call.cancel()
         self._checkpoint_call = None
         if self.checkpoint_path is None:
-            return
+            self._durable_flows = {d.flow_id for d in self._pending}
+            return True
         state = self.core.checkpoint()
-        state["drinks"] = [asdict(d) for d in self._unjournaled]
+        state["drinks"] = [asdict(d) for d in self._pending]
         data = json.dumps(state, separators=(",", ":")).encode()
-        if data == self._last_checkpoint:
-            return
-        tmp = self.checkpoint_path.with_suffix(".tmp")
+        if data != self._last_checkpoint:
+            try:
+                self._write_atomic(self.checkpoint_path, data)
+            except OSError as e:
+                if self._checkpoint_error is None:
+                    self.log.error(
+                        "Cannot write checkpoint {path} ({error}); retrying with backoff. "
+                        "Until it is written, drinks that end wait in memory, not in the outbox",
+                        path=str(self.checkpoint_path),
+                        error=e,
+                    )
+                self._checkpoint_error = str(e)
+                self._last_checkpoint = None  # what is on disk is unknown now
+                self._schedule_retry()
+                return False
+            self._last_checkpoint = data
+        if self._checkpoint_error is not None:
+            self.log.info("Checkpoint {path} written again", path=str(self.checkpoint_path))
+            self._checkpoint_error = None
+        self._durable_flows = {d.flow_id for d in self._pending}
+        return True
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.checkpoint_path)
-        except OSError as e:
-            self.log.error(
-                "Cannot write checkpoint {path}: {error}", path=str(self.checkpoint_path), error=e
-            )
-            return
-        self._last_checkpoint = data
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(self.os_write, fd, data)
+                self.os_fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                tmp.unlink()  # frees the space it took
+            except OSError:
+                pass
+            raise
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            self.os_fsync(fd)  # the rename itself
+        finally:
+            os.close(fd)
 
     def restore_checkpoint(self) -> None:
         """Resume pours and baselines a previous process left behind."""
@@ -186,10 +328,14 @@ class CoreService(Service):
             for drink in lost:
                 if not self.already_recorded(drink.flow_id):
                     self.log.warn(
-                        "Drink for flow {flow_id} ended just before a crash; recording it now",
+                        "Drink for flow {flow_id} ended just before a crash (or was not "
+                        "written to the outbox); recording it now",
                         flow_id=drink.flow_id,
                     )
                     effects.append(drink)
+                    # The checkpoint just read holds it: it may go to the
+                    # outbox even if rewriting the checkpoint fails now.
+                    self._durable_flows.add(drink.flow_id)
         except (OSError, ValueError, KeyError, TypeError) as e:
             self.log.error(
                 "Checkpoint {path} unreadable ({error}); starting afresh", path=str(path), error=e
@@ -239,9 +385,13 @@ class CoreService(Service):
                     sensor=effect.sensor_name,
                     state="lost: silent for 2 minutes" if effect.lost else "is back",
                 )
+            if isinstance(effect, RecordDrink):
+                continue  # to the listeners once durable: see _hand_over
             for listener in self.listeners:
                 try:
                     listener(effect)
+                except OSError as e:  # a temperature the disk refused: best effort
+                    self.log.warn("Could not write {effect} ({error})", effect=effect, error=e)
                 except Exception:
                     self.log.failure("Effect listener failed on {effect}", effect=effect)
 
@@ -319,12 +469,54 @@ class CoreService(Service):
             e.relay_name for e in effects if isinstance(e, SetRelay) and not e.on
         }
         self._commit(effects)
+        if self._pending and self.write_checkpoint():
+            self._hand_over()  # one last go for drinks that waited
         self._stopped = True
-        self.write_checkpoint()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self.write_checkpoint()  # baselines, and whatever is still pending
+        for call in (self._call, self._retry_call, self._checkpoint_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._call = self._retry_call = self._checkpoint_call = None
+        self._report_unwritten()
         return None
 
+    def _report_unwritten(self) -> None:
+        """Drinks the outbox never got: how many, at error level, and where
+        they are (``unwritten``; the daemon then exits non-zero)."""
+        self.unwritten = list(self._pending)
+        if not self.unwritten:
+            return
+        durable = self._durable_flows if self.checkpoint_path is not None else set()
+        kept = [d for d in self.unwritten if d.flow_id in durable]
+        lost = [d for d in self.unwritten if d.flow_id not in durable]
+        self.log.error(
+            "Stopping with {count} drink(s) not written to the outbox ({error}): {kept} kept "
+            "in the checkpoint {path}, recorded at the next start; {lost} not written anywhere",
+            count=len(self.unwritten),
+            error=self._handover_error or self._checkpoint_error or "not written",
+            kept=len(kept),
+            path=str(self.checkpoint_path),
+            lost=len(lost),
+        )
+        for drink in lost:
+            self.log.error(
+                "Not written anywhere: the drink for flow {flow_id} on {meter}: {ticks} ticks, "
+                "{volume_ml:.1f} mL, {user}, {start} to {end}. The checkpoint on disk predates "
+                "it: the next start reads the meter against that older baseline, so these ticks "
+                "come back (in the next pour on that meter) only if the board kept its count",
+                flow_id=drink.flow_id,
+                meter=drink.meter_name,
+                ticks=drink.ticks,
+                volume_ml=drink.volume_ml,
+                user=drink.username or "guest",
+                start=_iso(drink.start_wall),
+                end=_iso(drink.end_wall),
+            )
+
     def status(self) -> dict[str, Any]:
-        return {"pours": self.core.pour_snapshots(), "stats": self.core.stats}
+        return {
+            "pours": self.core.pour_snapshots(),
+            "stats": self.core.stats,
+            "drinks_not_in_outbox": len(self._pending),
+            "disk_error": self._checkpoint_error or self._handover_error,
+        }

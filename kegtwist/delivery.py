@@ -185,6 +185,15 @@ class DeliveryService(Service):
                 continue
             except defer.CancelledError:
                 raise
+            except OSError as e:
+                # The journal refused a step (disk full, EIO): nothing of it
+                # was applied, so the same step is tried again (an uncertain
+                # drink is looked up on the server first, never resent).
+                self.log.error("Outbox journal write failed ({error}); retrying", error=e)
+                if self._draining or self._stopping:
+                    return
+                await self._pause()
+                continue
             except Exception:
                 self.log.failure("Delivery failed unexpectedly; retrying")
                 if self._draining or self._stopping:

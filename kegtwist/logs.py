@@ -8,13 +8,15 @@ line per reading for years.  Log events carry fields (tap, meter, flow id,
 drink id) either way.
 
 Signals: the first SIGTERM or SIGINT stops the daemon in order (pours
-recorded, valves closed, outbox flushed) and it exits with status 0; a
-second one exits at once with status 1.  (twistd would otherwise re-raise
-the signal after a clean stop and exit "killed by SIGTERM".)
+recorded, valves closed, outbox flushed) and it exits with status 0, or 1
+if the stop failed or left drinks unwritten (:func:`exit_with`); a second
+one exits at once with status 1.  (twistd would otherwise re-raise the
+signal after a clean stop and exit "killed by SIGTERM".)
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -61,3 +63,19 @@ def install_signal_handlers(reactor: Any) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
+
+
+def exit_with(status: int) -> None:
+    """Make the process exit with ``status`` once twistd is done (twistd
+    itself always exits 0 after a stop); 0 changes nothing."""
+    if status:
+        atexit.register(_exit, status)
+
+
+def _exit(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

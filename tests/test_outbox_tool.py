@@ -125,3 +125,62 @@ def test_guest_note_cannot_be_retried_only_discarded(tmp_path: Path) -> None:
     assert code == 1 and "already re-posted as a guest pour" in text
     assert run("--state-dir", str(tmp_path), "discard", str(number))[0] == 0
     assert _dead(tmp_path) == []
+
+
+def _files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file in the directory: its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def test_list_and_dead_write_nothing_on_a_torn_journal(tmp_path: Path) -> None:
+    """A torn last line, a record with an unknown field and a line that is
+    not JSON: ``list`` and ``dead`` report what the daemon would set aside,
+    and leave every file (the journal above all) byte-identical; no lock
+    file, no quarantine file is created."""
+    from test_durability import add_line
+
+    journal = tmp_path / "outbox.jsonl"
+    journal.write_text(
+        add_line(1, 1, 300) + "\n" + add_line(2, 2, tickz=9) + "\nnot json\n" + add_line(3, 3)[:50]
+    )
+    before = _files(tmp_path)
+    assert list(before) == ["outbox.jsonl"]
+    for command in ("list", "dead"):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["--state-dir", str(tmp_path), command], out, err) == 0
+        assert _files(tmp_path) == before
+        complaints = err.getvalue()
+        assert "Journal line 2 is unreadable (unknown field 'tickz'" in complaints
+        assert "Journal line 3 is unreadable (not JSON" in complaints
+        assert "Journal line 4 is unreadable" in complaints and "without its newline" in complaints
+        assert "not json" in complaints
+    code, text = run("--state-dir", str(tmp_path), "list")
+    assert code == 0 and "1 item(s) waiting" in text and "300 ticks" in text
+    assert _files(tmp_path) == before
+
+
+def test_list_keeps_a_last_record_missing_only_its_newline(state: Path) -> None:
+    journal = state / "outbox.jsonl"
+    journal.write_bytes(journal.read_bytes().rstrip(b"\n"))
+    before = journal.read_bytes()
+    code, text = run("--state-dir", str(state), "list")
+    # The last record (the dead letter) is whole: it counts, and nothing is reported.
+    assert code == 0 and "1 dead letter(s)" in text and "unreadable" not in text
+    assert journal.read_bytes() == before
+
+
+def test_quarantine_lists_what_the_daemon_set_aside(tmp_path: Path) -> None:
+    from test_durability import add_line
+
+    (tmp_path / "outbox.jsonl").write_text(
+        add_line(1, 1) + "\n" + add_line(2, 2, tickz=9) + "\n\x01garbage\n"
+    )
+    code, text = run("--state-dir", str(tmp_path), "quarantine")
+    assert code == 0 and text.startswith("0 journal line(s) set aside")
+    box = Outbox(tmp_path)
+    box.open()  # as the daemon does at start
+    box.close()
+    code, text = run("--state-dir", str(tmp_path), "quarantine")
+    assert code == 0 and text.startswith("2 journal line(s) set aside in ")
+    assert "outbox.jsonl line 2" in text and "unknown field 'tickz'" in text and '"tickz":9' in text
+    assert "outbox.jsonl line 3" in text and "not JSON" in text and "garbage" in text

@@ -5,12 +5,15 @@ dead letters (drinks the server refused for good).
     kegbot-outbox [--state-dir DIR] dead        dead letters with the server's reason
     kegbot-outbox [--state-dir DIR] retry N     queue dead letter N again
     kegbot-outbox [--state-dir DIR] discard N   give dead letter N up for good
+    kegbot-outbox [--state-dir DIR] quarantine  journal lines set aside as unreadable
 
 It works on the outbox journal of a stopped daemon: a running one holds the
 state directory's lock, and two writers would corrupt the journal, so the
 tool refuses (use the daemon's manhole: dead_letters(), retry(n),
 discard(n), see kegtwist/inspect.py; or stop the daemon).  Every decision
 is written to the journal, so the daemon replays it when it starts.
+``list``, ``dead`` and ``quarantine`` only read: they write nothing, and
+report the unreadable journal lines the daemon would set aside.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from ..options import default_state_dir
-from ..outbox import DrinkItem, Outbox, StateDirBusy
+from ..outbox import (
+    QUARANTINE,
+    DrinkItem,
+    Outbox,
+    StateDirBusy,
+    printable,
+    read_quarantine,
+)
 
 
 def _when(wall: float) -> str:
@@ -51,7 +61,7 @@ def main(argv: list[str], out: TextIO, err: TextIO | None = None) -> int:
         default=os.environ.get("KEGBOT_STATE_DIR") or default_state_dir(),
         help="the daemon's --state-dir [default: $KEGBOT_STATE_DIR or %(default)s]",
     )
-    parser.add_argument("command", choices=("list", "dead", "retry", "discard"))
+    parser.add_argument("command", choices=("list", "dead", "retry", "discard", "quarantine"))
     parser.add_argument("number", nargs="?", type=int, help="dead letter number (retry, discard)")
     args = parser.parse_args(argv)
     if args.command in ("retry", "discard") and args.number is None:
@@ -59,9 +69,11 @@ def main(argv: list[str], out: TextIO, err: TextIO | None = None) -> int:
     if not os.path.isdir(args.state_dir):
         print(f"kegbot-outbox: no state directory {args.state_dir}", file=err)
         return 1
+    if args.command == "quarantine":
+        return _quarantine(args.state_dir, out)
     outbox = Outbox(args.state_dir)
     try:
-        outbox.open()
+        outbox.open(read_only=args.command in ("list", "dead"))
     except StateDirBusy:
         print(
             f"kegbot-outbox: another kegbot is using {args.state_dir} (it holds the lock). "
@@ -71,6 +83,12 @@ def main(argv: list[str], out: TextIO, err: TextIO | None = None) -> int:
         )
         return 2
     try:
+        for line in outbox.unreadable if outbox.read_only else []:
+            print(
+                f"Journal line {line.number} is unreadable ({line.reason}); the daemon sets it "
+                f"aside in {QUARANTINE} when it starts: {printable(line.text)}",
+                file=err,
+            )
         if args.command == "list":
             print(f"{len(outbox.pending)} item(s) waiting for the Kegbot Server:", file=out)
             for seq, item in outbox.pending.items():
@@ -113,6 +131,24 @@ def main(argv: list[str], out: TextIO, err: TextIO | None = None) -> int:
             print(f"Dead letter {args.number} discarded (recorded in the journal)", file=out)
     finally:
         outbox.close()
+    return 0
+
+
+def _quarantine(state_dir: str, out: TextIO) -> int:
+    entries = read_quarantine(state_dir)
+    print(
+        f"{len(entries)} journal line(s) set aside in {os.path.join(state_dir, QUARANTINE)}:",
+        file=out,
+    )
+    for n, entry in enumerate(entries, 1):
+        wall = entry.get("wall")
+        when = f" on {_when(wall)}" if isinstance(wall, int | float) else ""
+        print(
+            f"  {n}: {entry.get('journal', 'journal')} line {entry.get('line')}{when}: "
+            f"{entry.get('reason')}",
+            file=out,
+        )
+        print(f"      {printable(str(entry.get('text')))}", file=out)
     return 0
 
 
