@@ -75,7 +75,7 @@ register(
     Option(
         "kegboard",
         "A Kegboard to use: a device path, a glob, tcp:HOST:PORT (ser2net), 'auto' "
-        "(/dev/ttyUSB* and /dev/ttyACM*) or 'none'. Repeatable.",
+        "(/dev/ttyUSB* and /dev/ttyACM*) or 'none'. Repeat for more boards.",
         ("auto",),
         lambda v: (v,),
         _spec_list,
@@ -230,16 +230,34 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _url_password(url: str) -> bool:
+    """Whether a (checked) ``--redis-url`` holds a password."""
+    target = parse_redis_url(url)
+    return target is not None and target.password is not None
+
+
 register(
     Option(
         "redis_url",
         "Redis for Kegnet, the event bus of displays, token readers and remote kegboard "
-        "daemons: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// (TLS), unix:///PATH[?db=N], "
-        "or 'none' for no bus. The password is never logged.",
+        "daemons: redis://[[USER][:PASSWORD]@]HOST[:PORT][/DB], rediss:// (TLS), "
+        "unix:///PATH[?db=N], or 'none' for no bus. The password is never logged; "
+        "--redis-password-file keeps it out of ps.",
         "redis://localhost:6379/0",
         _redis_url,
         _checked(_redis_url),
         env="KEGBOT_REDIS_URL",
+    )
+)
+register(
+    Option(
+        "redis_password_file",
+        "Read the Redis password from this file (keeps it out of ps); with a user name "
+        "in --redis-url (redis://kegbot@HOST/0) it is that Redis ACL user's password.",
+        None,
+        _text,
+        settings._string,
+        shown_default="none",
     )
 )
 register(
@@ -330,6 +348,8 @@ class Options(usage.Options):
         self._choose_logger()
         if self.settings["simulate"]:
             self._log_simulated_run()
+        if "redis-url" in self._explicit and _url_password(self.settings["redis_url"]):
+            self._warn_password_in_ps()
         if getattr(self, "parent", None) is not None:
             from . import lean
 
@@ -400,6 +420,11 @@ class Options(usage.Options):
             if not key:
                 raise settings.ConfigError(f"--api-key-file {key_file} is empty")
             self.settings["api_key"] = key
+        if self.settings["redis_password_file"] and _url_password(self.settings["redis_url"]):
+            raise settings.ConfigError(
+                "--redis-url holds a password and --redis-password-file gives one too: "
+                "take the password out of the URL"
+            )
         if self.settings["role"] != "all" and self.settings["redis_url"] == "none":
             raise settings.ConfigError(
                 f"--role {self.settings['role']} talks over Kegnet: it needs a --redis-url, not 'none'"
@@ -448,6 +473,15 @@ class Options(usage.Options):
                 dir=self.settings["state_dir"],
                 url=self.settings["api_url"],
             )
+
+    def _warn_password_in_ps(self) -> None:
+        from twisted.logger import Logger
+
+        Logger(namespace="kegtwist").warn(
+            "Kegnet: the Redis password in --redis-url is visible to other users of this "
+            "machine (in ps); put it in a file only the daemon's user can read and give "
+            '--redis-password-file (see "Kegnet security" in the README)'
+        )
 
     @property
     def board_specs(self) -> list[BoardSpec]:

@@ -7,8 +7,15 @@ with the same parser the bus uses, before any networking module loads
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import StartupError
+
+
+class PasswordFileError(StartupError, ValueError):
+    """``--redis-password-file`` cannot be used; the message names the path,
+    never the password."""
 
 
 @dataclass(frozen=True)
@@ -74,3 +81,27 @@ def parse_redis_url(url: str) -> RedisTarget | None:
         username=username,
         tls=parts.scheme == "rediss",
     )
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path``: its content, stripped (a trailing newline
+    from ``echo`` is no part of it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+        raise PasswordFileError(f"cannot read --redis-password-file {path}: {reason}") from None
+    if not password:
+        raise PasswordFileError(f"--redis-password-file {path} is empty")
+    return password
+
+
+def redis_target(url: str, password_file: str | None = None) -> RedisTarget | None:
+    """``--redis-url`` with the password of ``--redis-password-file``, if
+    given (with the URL's user name, if any: ``redis://kegbot@host/0`` sends
+    ``AUTH kegbot <password>``).  Raises :class:`PasswordFileError`."""
+    target = parse_redis_url(url)
+    if target is None or not password_file:
+        return target
+    return replace(target, password=read_password_file(password_file))
