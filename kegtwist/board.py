@@ -54,6 +54,7 @@ from .inputs import (
     ThermoReading,
     TokenEvent,
 )
+from .ratelimit import RateLimiter
 
 BAUD_RATE = 115200
 PING_INTERVAL = 2.0
@@ -185,9 +186,9 @@ class BoardLink:
         self._pings_unanswered = 0
         self._last_open_error: str | None = None
         self._closed: defer.Deferred[None] | None = None
-        self._rejects_unlogged = 0
-        self._last_reject_log: float | None = None
-        self._unknown_ids_logged: set[int] = set()
+        # Garbage on the line (a wrong baud rate, another device) is logged
+        # at most once a minute per kind, with a count.
+        self._log_limit = RateLimiter(REJECT_LOG_INTERVAL)
 
     def __repr__(self) -> str:
         return f"<BoardLink {self.device} {self.state} name={self.name}>"
@@ -288,15 +289,13 @@ class BoardLink:
             self._hello(event)
             return
         if isinstance(event, kbsp.UnknownMessage):
-            level = (
-                self.log.debug if event.message_id in self._unknown_ids_logged else self.log.warn
-            )
-            self._unknown_ids_logged.add(event.message_id)
-            level(
-                "Kegboard {device}: unknown message 0x{message_id:02x} ignored",
-                device=self.device,
-                message_id=event.message_id,
-            )
+            if self._log_limit.allow("unknown", self.clock.seconds()):
+                self.log.warn(
+                    "Kegboard {device}: unknown message 0x{message_id:02x} ignored{more}",
+                    device=self.device,
+                    message_id=event.message_id,
+                    more=self._log_limit.note("unknown"),
+                )
             return
         if self.state == "named":
             self._deliver(event)
@@ -432,21 +431,11 @@ class BoardLink:
         self._ping = self._watchdog = None
 
     def _rejected(self, event: kbsp.FrameRejected) -> None:
-        now = self.clock.seconds()
-        self._rejects_unlogged += 1
-        if self._last_reject_log is None or now - self._last_reject_log >= REJECT_LOG_INTERVAL:
+        if self._log_limit.allow("rejected", self.clock.seconds()):
             self.log.warn(
                 "Kegboard {device}: rejected {count} frame(s), latest: {reason}",
                 device=self.device,
-                count=self._rejects_unlogged,
-                reason=event.reason,
-            )
-            self._rejects_unlogged = 0
-            self._last_reject_log = now
-        else:
-            self.log.debug(
-                "Kegboard {device}: rejected frame: {reason}",
-                device=self.device,
+                count=1 + self._log_limit.take_suppressed("rejected"),
                 reason=event.reason,
             )
 

@@ -168,6 +168,9 @@ Decoded = Event | Rejected | Ignored
 
 @dataclass
 class KegnetStats:
+    """Counters; ``reasons`` is keyed by the decoder's own fixed reason names
+    (never by anything from the wire), so it stays small."""
+
     received: int = 0
     decoded: int = 0
     rejected: int = 0
@@ -311,6 +314,13 @@ def _choice(data: dict[str, Any], name: str, choices: tuple[str, ...]) -> Any:
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def shown(value: object) -> str:
+    """A value from the wire as a log line may show it: repr (no newline
+    or control character gets through) and at most 40 characters (a name
+    may be 64 KiB long)."""
+    return _show(value)
 
 
 def _meter_update(d: dict[str, Any], origin: str | None) -> Event:

@@ -21,7 +21,9 @@ connections it manages itself:
 * what arrives is decoded by :mod:`kegtwist.events`: our own echoes are
   dropped, rejects are counted and logged at most once per 10 s per reason,
   and a ``FlowUpdate`` from another origin (a second core on the channel,
-  which would record every pour twice) is logged at error level.
+  which would record every pour twice) is logged at error level, once per
+  origin for the first :data:`MAX_FOREIGN_ORIGINS` origins and then at most
+  once per 10 s (origins are whatever a client writes: the set is bounded).
 
 The Redis password is never logged: log lines use :meth:`RedisTarget.redacted`.
 """
@@ -41,6 +43,7 @@ from twisted.logger import Logger
 
 from . import events
 from .backoff import Backoff
+from .ratelimit import RateLimiter, suppressed_note
 from .redisurl import RedisTarget, parse_redis_url
 
 CONNECT_TIMEOUT = 10.0
@@ -48,6 +51,7 @@ REPLY_TIMEOUT = 10.0
 HEALTH_INTERVAL = 30.0  # PING each connection when it has been up this long
 REJECT_LOG_INTERVAL = 10.0
 STOP_FLUSH_SECONDS = 1.0
+MAX_FOREIGN_ORIGINS = 8
 
 
 @dataclass
@@ -108,9 +112,8 @@ class KegnetBus(Service):
         self.subscriber: Any = None
         self.in_flight = 0
         self._links: list[_Link] = []
-        self._reject_logged: dict[str, float] = {}
-        self._reject_suppressed: dict[str, int] = {}
-        self._foreign_origins: set[str | None] = set()
+        self._log_limit = RateLimiter(REJECT_LOG_INTERVAL)
+        self._foreign_origins: set[str | None] = set()  # at most MAX_FOREIGN_ORIGINS
         self._state: str | None = None
         self._logged_reason = ""
         self.last_error = ""
@@ -199,19 +202,10 @@ class KegnetBus(Service):
     def _rate_limited(self, key: str) -> bool:
         """True if a line for ``key`` was logged in the last 10 s (and count
         this one as suppressed)."""
-        now = self.reactor.seconds()
-        last = self._reject_logged.get(key)
-        if last is not None and now - last < REJECT_LOG_INTERVAL:
-            self._reject_suppressed[key] = self._reject_suppressed.get(key, 0) + 1
-            return True
-        self._reject_logged[key] = now
-        return False
+        return not self._log_limit.allow(key, self.reactor.seconds())
 
     def _suppressed_note(self, key: str) -> str:
-        more = self._reject_suppressed.pop(key, 0)
-        if not more:
-            return ""
-        return f" (and {more} more like it since the last line)"
+        return suppressed_note(self._log_limit.take_suppressed(key))
 
     def _log_reject(self, rejected: events.Rejected) -> None:
         if self._rate_limited(rejected.reason):
@@ -226,12 +220,25 @@ class KegnetBus(Service):
     def _foreign_core(self, origin: str | None) -> None:
         if origin in self._foreign_origins:
             return
+        if len(self._foreign_origins) >= MAX_FOREIGN_ORIGINS:
+            # Origins are free text from any client: not remembered past the bound.
+            if self._rate_limited("foreign_core"):
+                return
+            self.log.error(
+                "Yet another origin ({origin}) publishes FlowUpdate on channel {channel}, "
+                "after {count} others: a misbehaving or hostile client{more}",
+                origin=events.shown(origin or "unknown"),
+                channel=self.channel,
+                count=MAX_FOREIGN_ORIGINS,
+                more=self._suppressed_note("foreign_core"),
+            )
+            return
         self._foreign_origins.add(origin)
         self.stats.foreign_cores += 1
         self.log.error(
             "Another Kegbot core (origin {origin}) publishes FlowUpdate on channel {channel}: "
             "two cores record every pour twice. Stop one, or give it another --channel",
-            origin=origin or "unknown",
+            origin=events.shown(origin or "unknown"),
             channel=self.channel,
         )
 
@@ -239,11 +246,29 @@ class KegnetBus(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.target.password is None and not self._credentials_noted:
+            self._credentials_noted = True
+            self._warn_no_credentials()
         self._state = None
         self._logged_reason = ""
         self._links = [_Link(self, subscriber=False), _Link(self, subscriber=True)]
         for link in self._links:
             link.start()
+
+    _credentials_noted = False
+
+    def _warn_no_credentials(self) -> None:
+        """Once a process: a Redis without AUTH lets anyone who reaches it
+        fake meter readings and tokens, or drive relays."""
+        user = self.target.username
+        self.log.warn(
+            "Kegnet: no Redis credentials (no password in --redis-url, no "
+            "--redis-password-file){note}: anyone who can reach Redis at {url} can pour "
+            'through this daemon. See "Kegnet security" in the README (ACL users, '
+            "passwords, bind addresses)",
+            note=f"; the user name {user} is not sent without a password" if user else "",
+            url=self.target.redacted(),
+        )
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

@@ -27,21 +27,20 @@ from .core import (
     RecordDrink,
     RecordTemperature,
     RegisterController,
-    TokenLookupResult,
 )
 from .core_service import CoreService, TokenResolver
 from .delivery import DeliveryService
 from .inputs import BoardInput
 from .options import Options
 from .outbox import Outbox
-from .server import KegbotServerClient, ServerError
+from .server import KegbotServerClient
 from .taps import TapSyncService
+from .token_lookup import SharedLookups, server_token_resolver
 
 if TYPE_CHECKING:
     from .kegnet import KegnetBus
     from .kegnet_bridge import KegnetBridge, Role
 
-TOKEN_LOOKUP_TIMEOUT = 2.0
 VALVE_CONFIRM_SECONDS = 1.0
 
 log = Logger(namespace="kegtwist")
@@ -61,6 +60,8 @@ class KegbotService(MultiService):
     tap_sync: TapSyncService | None = None
     bus: KegnetBus | None = None
     bridge: KegnetBridge | None = None
+    exit_status = 0
+    """1 after a stop that failed or left drinks unwritten (see make_service)."""
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop_in_order())
@@ -85,9 +86,15 @@ class KegbotService(MultiService):
                         )
             except Exception:
                 log.failure("Stopping {service} failed", service=child.name)
+                self.exit_status = 1
+            if child is self.core and self.core.unwritten:
+                self.exit_status = 1  # the core said how many, and where they are
         if self.bridge is not None:
             self.bridge.stop()
-        log.info("Stopped cleanly")
+        if self.exit_status:
+            log.error("Stopped with errors (see above): exit status {status}", status=1)
+        else:
+            log.info("Stopped cleanly")
 
     async def _close_remote_commanded_relays(self) -> None:
         """A ``kegboard`` daemon closes the valves a remote core opened."""
@@ -109,21 +116,6 @@ class Closer(Service):
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         return defer.maybeDeferred(self._close)
-
-
-def server_token_resolver(client: KegbotServerClient) -> TokenResolver:
-    """Token lookups on the server, answered as core inputs, never errors."""
-
-    async def resolve(device: str, value: str) -> TokenLookupResult:
-        try:
-            info = await client.lookup_token(device, value, timeout=TOKEN_LOOKUP_TIMEOUT)
-        except ServerError as e:
-            if e.kind == "permanent" and e.status == 404:
-                return TokenLookupResult(device, value, None, False)  # unknown token
-            return TokenLookupResult(device, value, error=e.reason)
-        return TokenLookupResult(device, value, info.username, info.enabled)
-
-    return lambda device, value: defer.Deferred.fromCoroutine(resolve(device, value))
 
 
 def build(
@@ -151,6 +143,8 @@ def build(
     bridge: KegnetBridge | None = None
     if config["redis_url"] != "none":
         bridge = _kegnet(top, config, reactor, clock, role)
+        # The kegboard role's relay guard is the core's ghost-pour guard.
+        bridge.max_pour_seconds = options.core_config.pours.max_pour_seconds
 
     if role != "kegboard":
         _core_side(top, options, reactor, clock, monotonic, wall, token_resolver, bridge)
@@ -191,10 +185,11 @@ def _kegnet(
     top: KegbotService, config: dict[str, Any], reactor: Any, clock: IReactorTime, role: Role
 ) -> KegnetBridge:
     """The bus and its bridge; imported only when a Redis URL is set."""
-    from .kegnet import KegnetBus, parse_redis_url
+    from .kegnet import KegnetBus
     from .kegnet_bridge import KegnetBridge
+    from .redisurl import redis_target
 
-    target = parse_redis_url(config["redis_url"])
+    target = redis_target(config["redis_url"], config["redis_password_file"])
     assert target is not None
     origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     bridge_box: list[KegnetBridge] = []
@@ -206,7 +201,8 @@ def _kegnet(
         reactor=reactor,
         core=role != "kegboard",
     )
-    bridge = KegnetBridge(role, bus.publish, clock)
+    # Boards ever named here stay authoritative (local_boards.json).
+    bridge = KegnetBridge(role, bus.publish, clock, state_dir=Path(config["state_dir"]))
     bridge_box.append(bridge)
     top.bus = bus
     top.bridge = bridge
@@ -236,7 +232,8 @@ def _core_side(
     if config["api_url"] != "none":
         client = KegbotServerClient(reactor, config["api_url"], config["api_key"])
         if token_resolver is None:
-            token_resolver = server_token_resolver(client)
+            # One request per token at a time, its answer reused for 2 s.
+            token_resolver = SharedLookups(server_token_resolver(client), clock)
         Closer("http-pool", client.close).setServiceParent(top)
     Closer("outbox", outbox.close).setServiceParent(top)
 
@@ -290,6 +287,7 @@ def _core_side(
     core_service.listeners.append(to_outbox)
     if bridge is not None:
         bridge.feed_core = core_service.feed
+        bridge.core = core  # read only: taps and pours, for the token rules
         core_service.listeners.append(bridge.core_effect)
         core_service.relay_driver = bridge.relay_driver
 
@@ -359,7 +357,9 @@ def make_service(options: Options, reactor: Any | None = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from .logs import install_signal_handlers
+    from .logs import exit_with, install_signal_handlers
 
     reactor.callWhenRunning(install_signal_handlers, reactor)
-    return build(options, reactor)
+    top = build(options, reactor)
+    reactor.addSystemEventTrigger("after", "shutdown", lambda: exit_with(top.exit_status))
+    return top

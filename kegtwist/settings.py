@@ -36,7 +36,12 @@ class ConfigError(ValueError):
 Check = Callable[[str, Any], Any]
 
 
-def _number(minimum: float | None = None, positive: bool = False) -> Check:
+def _number(
+    minimum: float | None = None, positive: bool = False, maximum: float | None = None
+) -> Check:
+    """A finite number; ``maximum`` bounds what would switch a guard off
+    (an idle time of 1e308 s, a ghost guard of 1e12 s)."""
+
     def check(where: str, value: Any) -> float:
         if (
             isinstance(value, bool)
@@ -44,10 +49,14 @@ def _number(minimum: float | None = None, positive: bool = False) -> Check:
             or not math.isfinite(value)
         ):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        low = "0 (exclusive)" if positive else f"{minimum:g}" if minimum is not None else None
+        span = f" (range {low} to {maximum:g})" if low is not None and maximum is not None else ""
         if positive and value <= 0:
-            raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+            raise ConfigError(f"{where}: must be greater than 0, got {value!r}{span}")
         if minimum is not None and value < minimum:
-            raise ConfigError(f"{where}: must be at least {minimum:g}, got {value!r}")
+            raise ConfigError(f"{where}: must be at least {minimum:g}, got {value!r}{span}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{where}: must be at most {maximum:g}, got {value!r}{span}")
         return float(value)
 
     return check
@@ -93,11 +102,15 @@ def _choice(*choices: str) -> Check:
     return check
 
 
+MAX_IDLE_SECONDS = 3600.0
+MAX_POUR_SECONDS = 86400.0
+MAX_ML_PER_TICK = 100.0
+
 POURS: dict[str, Check] = {
-    "idle_seconds": _number(positive=True),
+    "idle_seconds": _number(positive=True, maximum=MAX_IDLE_SECONDS),
     "min_volume_ml": _number(minimum=0),
     "max_delta_ticks": _integer(minimum=1),
-    "max_pour_seconds": _number(positive=True),
+    "max_pour_seconds": _number(positive=True, maximum=MAX_POUR_SECONDS),
     "valve_refresh_seconds": _number(positive=True),
     "fresh_boot_seconds": _number(minimum=0),
     "untapped_hold_hours": _number(positive=True),
@@ -108,13 +121,13 @@ AUTH: dict[str, Check] = {
 }
 AUTH_DEVICE: dict[str, Check] = {
     "captive": _boolean,
-    "idle_seconds": _number(positive=True),
+    "idle_seconds": _number(positive=True, maximum=MAX_IDLE_SECONDS),
     "max_volume_ml": _number(positive=True),
     "taps": _string_list,
 }
 TAP: dict[str, Check] = {
     "meter": _string,
-    "ml_per_tick": _number(positive=True),
+    "ml_per_tick": _number(positive=True, maximum=MAX_ML_PER_TICK),
     "relay": _string,
     "name": _string,
 }

@@ -401,3 +401,32 @@ def test_unix_socket(tmp_path: Any, buses: list[Bus]) -> Generator[Any, Any, Non
     finally:
         process.kill()
         process.wait(5)
+
+
+def test_foreign_origins_are_remembered_up_to_a_bound_then_rate_limited() -> None:
+    from kegtwist.kegnet import MAX_FOREIGN_ORIGINS
+
+    r = _Recorded()
+    flow = events.FlowUpdate(1, "k.flow0", "active", None, 1.0, 2.0, 10, 3.0)
+    for i in range(10_000):
+        r.feed(events.encode(dataclasses.replace(flow, origin=f"core-{i}")))
+    assert len(r.bus._foreign_origins) == MAX_FOREIGN_ORIGINS
+    assert r.levels() == ["error"] * (MAX_FOREIGN_ORIGINS + 1)  # then one per 10 s
+    r.clock.advance(10)
+    r.feed(events.encode(dataclasses.replace(flow, origin="one-more")))
+    assert len(r.lines) == MAX_FOREIGN_ORIGINS + 2
+    assert "9991 more" in r.lines[-1]["more"]
+
+
+def test_the_rate_limiter_is_pure_and_bounded() -> None:
+    from kegtwist.ratelimit import RateLimiter, suppressed_note
+
+    limit = RateLimiter(60.0, burst=2, max_keys=3)
+    assert [limit.allow("a", t) for t in (0, 1, 2, 59)] == [True, True, False, False]
+    assert limit.note("a") == suppressed_note(2) == " (and 2 more like it since the last line)"
+    assert limit.take_suppressed("a") == 0
+    assert limit.allow("a", 60) and limit.allow("a", 61) and not limit.allow("a", 62)
+    assert limit.allow("a", 30)  # the clock went back: a new window
+    for key in ("b", "c", "d"):
+        assert limit.allow(key, 100)
+    assert len(limit._windows) == 3  # "a" forgotten, not grown

@@ -89,6 +89,12 @@ def test_device_settings_merge_with_defaults(tmp_path: Path) -> None:
         ("redis_url = 'redis://:pw@host:notaport/0'\n", "redis_url: bad port or database"),
         ("role = 'both'\n", "role: expected one of all, kegboard, core"),
         ("[pours\n", "not valid TOML"),
+        # Bounds that keep the guards on (a ghost guard of 1e12 s is none).
+        ("[pours]\nmax_pour_seconds = 1e12\n", "pours.max_pour_seconds: must be at most 86400, got 1000000000000.0 (range 0 (exclusive) to 86400)"),
+        ("[pours]\nidle_seconds = 1e308\n", "pours.idle_seconds: must be at most 3600"),
+        ('[auth.devices."core.rfid"]\nidle_seconds = 3601\n', 'auth.devices."core.rfid".idle_seconds: must be at most 3600, got 3601'),
+        ("[[taps]]\nmeter = 'a.flow0'\nml_per_tick = 100.5\n", "taps[0].ml_per_tick: must be at most 100, got 100.5 (range 0 (exclusive) to 100)"),
+        ("[[taps]]\nmeter = 'a.flow0'\nml_per_tick = 0\n", "taps[0].ml_per_tick: must be greater than 0"),
     ],
 )
 def test_bad_values_are_rejected_naming_key_and_file(
@@ -123,3 +129,106 @@ def test_bad_redis_url_on_the_command_line_never_shows_the_password() -> None:
     with pytest.raises(usage.UsageError) as e:
         parse("--redis-url", "redis://:s3cret@host:notaport/0")
     assert "bad port or database number" in str(e.value) and "s3cret" not in str(e.value)
+
+
+# --- --redis-password-file ------------------------------------------------------
+
+
+def test_redis_password_file_from_the_command_line_or_the_file(tmp_path: Path) -> None:
+    from kegtwist.redisurl import redis_target
+
+    secret = tmp_path / "redis-password"
+    secret.write_text("  s3cret-pw\n")
+    path = write(tmp_path, f"redis_password_file = '{secret}'\n")
+    assert parse("--config", path).settings["redis_password_file"] == str(secret)
+    options = parse("--redis-password-file", str(secret), "--redis-url", "redis://kegbot@h/0")
+    assert options.settings["redis_password_file"] == str(secret)
+    target = redis_target(options.settings["redis_url"], options.settings["redis_password_file"])
+    assert target is not None and (target.username, target.password) == ("kegbot", "s3cret-pw")
+    assert "s3cret" not in repr(target) and "s3cret" not in target.redacted()
+    assert parse().settings["redis_password_file"] is None
+    assert redis_target("redis://h/0") == redis_target("redis://h/0", None)
+    assert redis_target("none", str(secret)) is None
+
+
+def test_redis_password_file_must_be_a_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "redis_password_file = 3\n")
+    with pytest.raises(usage.UsageError, match="redis_password_file: expected a non-empty string"):
+        parse("--config", path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "No such file or directory"), ("", "is empty"), ("\n \n", "is empty")],
+)
+def test_an_unusable_redis_password_file_names_its_path(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    from kegtwist.errors import StartupError
+    from kegtwist.redisurl import redis_target
+
+    secret = tmp_path / "redis-password"
+    if content is not None:
+        secret.write_text(content)
+    with pytest.raises(StartupError) as e:
+        redis_target("redis://kegbot@h/0", str(secret))
+    assert str(e.value).count("\n") == 0
+    assert str(secret) in str(e.value) and message in str(e.value)
+
+
+def test_a_password_in_the_url_and_a_password_file_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "redis-password"
+    secret.write_text("from-the-file")
+    with pytest.raises(usage.UsageError) as e:
+        parse("--redis-url", "redis://:in-the-url@h/0", "--redis-password-file", str(secret))
+    assert "take the password out of the URL" in str(e.value)
+    assert "in-the-url" not in str(e.value)
+
+
+def test_a_password_on_the_command_line_is_warned_about_once_never_shown(
+    tmp_path: Path,
+) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, object]) -> None:
+        seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        parse("--redis-url", "redis://kegbot:s3cret-pw@h/0")
+        warned = [line for line in seen if "visible to other users" in line]
+        assert len(warned) == 1 and "--redis-password-file" in warned[0]
+        assert not any("s3cret" in line for line in seen)
+        # Not in ps: a password in the config file, or none, is no warning.
+        seen.clear()
+        parse("--config", write(tmp_path, "redis_url = 'redis://:s3cret-pw@h/0'\n"))
+        parse("--redis-url", "redis://h/0")
+        assert not any("visible to other users" in line for line in seen)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.integration
+def test_an_out_of_range_value_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
+    """As an owner starts it: ``twistd -n kegbot --config`` with a ghost
+    guard of 1e12 s exits at once with one line naming key, value, range."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "kegbot.toml"
+    config.write_text("[pours]\nmax_pour_seconds = 1e12\n")
+    twistd = Path(sys.executable).parent / "twistd"
+    done = subprocess.run(
+        [str(twistd), "-n", "--pidfile=", "kegbot", "--config", str(config),
+         "--kegboard", "none", "--redis-url", "none", "--api-url", "none",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    out = (done.stdout + done.stderr).strip()
+    assert "Traceback" not in out
+    [line] = [x for x in out.splitlines() if "max_pour_seconds" in x]
+    assert "1000000000000.0" in line and "86400" in line and str(config) in line
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())

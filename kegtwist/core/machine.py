@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from ..inputs import (
     BoardConnected,
@@ -52,6 +52,7 @@ from ..inputs import (
     ThermoReading,
     TokenEvent,
 )
+from ..ratelimit import RateLimiter
 from .config import AuthDevice, CoreConfig, TapConfig
 from .meters import MeterState
 from .model import (
@@ -200,6 +201,8 @@ class Core:
         self.held: dict[int, HeldDrink] = {}  # flow id -> drink without a tap
         self.untapped_warned: set[str] = set()
         self.fresh_boards: set[str] = set()  # booted just now: meters start at 0
+        # A reader repeating a refused token warns once a minute, not per frame.
+        self._token_warnings = RateLimiter(interval=60.0, max_keys=256)
         self._next_flow_id = self.first_flow_id
         self._timers: list[_Timer] = []
         self._seq = 0
@@ -595,6 +598,9 @@ class Core:
         if pending is None:
             return  # removed meanwhile, or an answer nobody asked for
         fields: dict[str, object] = {"device": item.auth_device, "token": item.token_value}
+        warn: Literal["warn", "debug"] = (
+            "warn" if self._token_warnings.allow(f"{key[0]}/{key[1]}", mono) else "debug"
+        )
         username: str | None
         if item.error is not None:
             self.stats.lookups_failed += 1
@@ -610,7 +616,7 @@ class Core:
                 fields["username"] = username
                 out.append(
                     Notice(
-                        "warn",
+                        warn,
                         "Token {device}/{token}: server unavailable ({error}); opening for {username}, confirmed earlier (offline_policy cached)",
                         fields,
                     )
@@ -620,7 +626,7 @@ class Core:
                 fields["policy"] = auth.offline_policy
                 out.append(
                     Notice(
-                        "warn",
+                        warn,
                         "Token {device}/{token}: server unavailable ({error}); opening nothing (offline_policy {policy})",
                         fields,
                     )
@@ -635,7 +641,7 @@ class Core:
                 else "belongs to nobody (unknown or unassigned)"
             )
             fields["why"] = why
-            out.append(Notice("warn", "Token {device}/{token} {why}; opening nothing", fields))
+            out.append(Notice(warn, "Token {device}/{token} {why}; opening nothing", fields))
             return
         else:
             username = item.username
