@@ -19,7 +19,7 @@ import statistics
 import time
 
 from kegtwist.core import Core, CoreConfig, TapConfig
-from kegtwist.inputs import MeterReading
+from kegtwist.core.inputs import MeterReading
 
 TAPS = 500
 

@@ -57,7 +57,7 @@ async def until(
 
 
 async def run_once(reactor: Any, work: Path, seconds: float) -> dict:
-    from kegtwist.sim import PtyKegboard, SimulatedKegboard
+    from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 
     work.mkdir(parents=True)
     redis = db.start_redis(work / "redis")

@@ -88,8 +88,8 @@ async def run_once(
 ) -> dict:
     from twisted.internet import defer
 
-    from kegtwist import kbsp
-    from kegtwist.sim import PtyKegboard, SimulatedKegboard
+    from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
+    from kegtwist.protocol import kbsp
 
     work.mkdir(parents=True)
     redis = db.start_redis(work / "redis")

@@ -78,9 +78,9 @@ async def backlog_run(reactor: Any, count: int) -> tuple[float, float]:
     from fakeserver import API_KEY, FakeKegbotServer
     from twisted.internet import task
 
-    from kegtwist.delivery import DeliveryService
-    from kegtwist.outbox import Outbox
-    from kegtwist.server import KegbotServerClient
+    from kegtwist.delivery.client import KegbotServerClient
+    from kegtwist.delivery.outbox import Outbox
+    from kegtwist.delivery.service import DeliveryService
 
     fake = FakeKegbotServer()
     fake.listen(reactor)
@@ -114,9 +114,9 @@ async def outbox_latency(reactor: Any, pours: int) -> list[float]:
     """(b, outbox): RecordDrink handed to the outbox -> on the server."""
     from fakeserver import API_KEY, FakeKegbotServer
 
-    from kegtwist.delivery import DeliveryService
-    from kegtwist.outbox import Outbox
-    from kegtwist.server import KegbotServerClient
+    from kegtwist.delivery.client import KegbotServerClient
+    from kegtwist.delivery.outbox import Outbox
+    from kegtwist.delivery.service import DeliveryService
 
     fake = FakeKegbotServer()
     recorded, arm = on_record(fake, reactor)
@@ -148,9 +148,9 @@ async def daemon_latency(reactor: Any, pours: int) -> list[float]:
     from twisted.internet import defer, task
 
     from kegtwist.core import RecordDrink
-    from kegtwist.inputs import MeterReading
-    from kegtwist.options import Options
-    from kegtwist.service import build
+    from kegtwist.core.inputs import MeterReading
+    from kegtwist.daemon.compose import build
+    from kegtwist.daemon.options import Options
 
     fake = FakeKegbotServer()
     recorded, arm = on_record(fake, reactor)

@@ -44,8 +44,8 @@ import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kegtwist import kbsp
-from kegtwist.sim import HELLO_HEARTBEAT_SECONDS, SimulatedKegboard
+from kegtwist.boards.simulator import HELLO_HEARTBEAT_SECONDS, SimulatedKegboard
+from kegtwist.protocol import kbsp
 
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -55,7 +55,7 @@ PING_TARGET_SECONDS = 1.0
 SETTLE_SECONDS = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Baseline for the import costs: what ``twistd kegbot`` loads whatever it
-# does -- TLS kept out as kegtwist.lean does it (no https/rediss URL), the
+# does -- TLS kept out as kegtwist.daemon.lean does it (no https/rediss URL), the
 # reactor, twistd's own machinery.
 TWISTD_BASELINE = (
     "from kegtwist import lean; lean.keep_tls_out(); "
@@ -349,13 +349,13 @@ def candidates(cumulative: dict[str, int]) -> list[str]:
 
 # Modules that belong to an option the footprint runs leave off.
 OFF_OPTIONS = {
-    "kegtwist.manhole": "--manhole",
+    "kegtwist.daemon.manhole": "--manhole",
     "twisted.conch": "--manhole",
-    "kegtwist.kegnet": "--redis-url",
+    "kegtwist.bus.redis": "--redis-url",
     "txredisapi": "--redis-url",
-    "kegtwist.server": "--api-url",
+    "kegtwist.delivery.client": "--api-url",
     "treq": "--api-url",
-    "kegtwist.simulate": "--simulate",
+    "kegtwist.boards.simulated": "--simulate",
 }
 
 
@@ -452,7 +452,7 @@ def report(
         lines += [
             "",
             f"Where the memory goes: a bare `python` is {bare:.1f} MiB; twistd's own baseline "
-            f"(TLS kept out as `kegtwist.lean` does, the epoll reactor, twisted.scripts.twistd, "
+            f"(TLS kept out as `kegtwist.daemon.lean` does, the epoll reactor, twisted.scripts.twistd, "
             f"twisted.application) {base:.1f} MiB. RSS each "
             "package adds on top of that baseline when imported alone in a fresh interpreter "
             "(packages overlap: the sum exceeds the total), and its cumulative import time in "

@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from kegtwist import kbsp
+from kegtwist.protocol import kbsp
 
 
 def mixed_stream(count: int, seed: int = 1) -> bytes:

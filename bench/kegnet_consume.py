@@ -78,8 +78,8 @@ def run_phase(count: int, rate: float, unlimited: bool) -> dict[str, float]:
     from redisd import RedisServer
     from twisted.internet import defer, reactor, task
 
-    from kegtwist.options import Options
-    from kegtwist.service import build
+    from kegtwist.daemon.compose import build
+    from kegtwist.daemon.options import Options
 
     directory = Path(tempfile.mkdtemp(prefix="kegnet-bench-"))
     redis = RedisServer(directory)

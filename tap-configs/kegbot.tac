@@ -19,10 +19,10 @@ from twisted.application import service
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from kegtwist import logs
-from kegtwist.options import Options
-from kegtwist.outbox import StateDirBusy
-from kegtwist.service import make_service
+from kegtwist.daemon import logs
+from kegtwist.daemon.options import Options
+from kegtwist.delivery.outbox import StateDirBusy
+from kegtwist.daemon.compose import make_service
 
 DEFAULT_CONFIG = "/etc/kegbot/kegbot.toml"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from kegtwist.inputs import BoardInput
+from kegtwist.core.inputs import BoardInput
 
 GUARD_SECONDS = 10.0  # a hung test fails after this; no test sleeps
 

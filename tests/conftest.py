@@ -13,7 +13,7 @@ from daemonkit import Daemon
 from fakeserver import FakeKegbotServer
 from redisd import RedisServer
 
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 
 
 @pytest.fixture

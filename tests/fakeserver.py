@@ -1,5 +1,5 @@
-"""A Kegbot Server on loopback that behaves as ../shared/protocols/
-kegbot-server-api.md describes (v1.3.0), with switches for faults.
+"""A Kegbot Server on loopback that behaves as docs/kegbot-server-api.md
+describes (v1.3.0), with switches for faults.
 
 Real HTTP (twisted.web on 127.0.0.1), so the client under test runs its
 real treq/Agent code.  Seeded like the facts' test installation.

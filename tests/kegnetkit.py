@@ -9,8 +9,8 @@ from typing import Any
 from boardkit import guard
 from twisted.internet import defer
 
-from kegtwist import events
-from kegtwist.kegnet import KegnetBus, parse_redis_url
+from kegtwist.bus.redis import KegnetBus, parse_redis_url
+from kegtwist.protocol import kegnet as events
 
 
 def until(condition: Callable[[], bool], seconds: float = 10.0) -> defer.Deferred[None]:

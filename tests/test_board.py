@@ -13,9 +13,9 @@ from boardkit import InputRecorder, guard
 from twisted.internet import defer, protocol
 from twisted.internet.task import Clock
 
-from kegtwist import kbsp
-from kegtwist.board import BoardService, parse_board_spec, parse_board_specs, serial_opener
-from kegtwist.inputs import (
+from kegtwist.boards.service import BoardService, parse_board_spec, parse_board_specs, serial_opener
+from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
+from kegtwist.core.inputs import (
     BoardConnected,
     BoardGone,
     MeterReading,
@@ -23,7 +23,7 @@ from kegtwist.inputs import (
     ThermoReading,
     TokenEvent,
 )
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.protocol import kbsp
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from kegtwist.core import (
     TapsChanged,
     TokenLookupResult,
 )
+from kegtwist.core.inputs import BoardConnected, MeterReading, ThermoReading, TokenEvent
 from kegtwist.core.meters import MeterState
-from kegtwist.inputs import BoardConnected, MeterReading, ThermoReading, TokenEvent
 
 WALL0 = 1_800_000_000.0
 TAP0 = TapConfig("kegboard.flow0", 0.5, "kegboard.relay0")

@@ -19,7 +19,7 @@ from fakeserver import API_KEY, FakeKegbotServer
 from kegnetkit import until
 from redisd import free_port
 
-from kegtwist.sim import PtyKegboard
+from kegtwist.boards.simulator import PtyKegboard
 
 pytestmark = [
     pytest.mark.integration,
@@ -215,8 +215,8 @@ def test_checkpoint_written_with_the_drink_before_the_outbox_sees_it(tmp_path: P
     from twisted.internet.task import Clock
 
     from kegtwist.core import Core, CoreConfig, RecordDrink, TapConfig
-    from kegtwist.core_service import CoreService
-    from kegtwist.inputs import MeterReading
+    from kegtwist.core.inputs import MeterReading
+    from kegtwist.daemon.core_service import CoreService
 
     path = tmp_path / "pours.json"
     config = CoreConfig(taps=(TapConfig("k.flow0", 0.5, None),))
@@ -266,9 +266,9 @@ def test_power_cut_loses_the_unsynced_done_and_nothing_is_sent_twice(
     from twisted.internet import reactor
 
     from kegtwist.core import RecordDrink
-    from kegtwist.delivery import DeliveryService
-    from kegtwist.outbox import Outbox
-    from kegtwist.server import KegbotServerClient
+    from kegtwist.delivery.client import KegbotServerClient
+    from kegtwist.delivery.outbox import Outbox
+    from kegtwist.delivery.service import DeliveryService
 
     end = 1_800_000_000.5
     poured = RecordDrink(

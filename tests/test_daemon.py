@@ -124,7 +124,7 @@ def test_daemon_names_a_board_on_a_pty(tmp_path: Path) -> None:
 
 _PTY_BOARD = """
 from twisted.internet import reactor
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 board = PtyKegboard(reactor, SimulatedKegboard(serial_number="C0FFEE-00C0FFEE"))
 print(board.path, flush=True)
 reactor.run()

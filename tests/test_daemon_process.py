@@ -26,8 +26,8 @@ from daemonkit import FAST_POURS, POLL_SECONDS, WAIT_SECONDS, Daemon, eventually
 from fakeserver import API_KEY, FakeKegbotServer
 from redisd import free_port
 
-from kegtwist import kbsp
-from kegtwist.sim import PtyKegboard
+from kegtwist.boards.simulator import PtyKegboard
+from kegtwist.protocol import kbsp
 
 pytestmark = pytest.mark.integration
 

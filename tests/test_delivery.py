@@ -18,9 +18,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from kegtwist.core.model import RecordDrink, RecordTemperature
-from kegtwist.delivery import DeliveryService, matches
-from kegtwist.outbox import Outbox
-from kegtwist.server import Drink, KegbotServerClient
+from kegtwist.delivery.client import Drink, KegbotServerClient
+from kegtwist.delivery.outbox import Outbox
+from kegtwist.delivery.service import DeliveryService, matches
 
 pytestmark = pytest.mark.integration
 WALL0 = 1_800_000_000.25
@@ -262,7 +262,7 @@ def test_temperature_delivered_and_stale_dropped(rig: Rig) -> Any:
 
 
 def test_match_rule_needs_time_ticks_and_drinker() -> None:
-    from kegtwist.outbox import DrinkItem, record_date
+    from kegtwist.delivery.outbox import DrinkItem, record_date
 
     item = DrinkItem(
         1,

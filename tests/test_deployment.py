@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kegtwist.options import Options
+from kegtwist.daemon.options import Options
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tap-configs"

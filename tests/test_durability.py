@@ -22,9 +22,9 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from kegtwist.core import Core, CoreConfig, RecordDrink, TapConfig
-from kegtwist.core_service import CoreService
-from kegtwist.inputs import MeterReading
-from kegtwist.outbox import QUARANTINE, Outbox
+from kegtwist.core.inputs import MeterReading
+from kegtwist.daemon.core_service import CoreService
+from kegtwist.delivery.outbox import QUARANTINE, Outbox
 
 WALL0 = 1_800_000_000.0
 METER = "k.flow0"
@@ -291,8 +291,8 @@ ml_per_tick = 0.5
 def build_daemon(state: Path, clock: Clock) -> Any:
     from twisted.internet import reactor
 
-    from kegtwist.options import Options
-    from kegtwist.service import build
+    from kegtwist.daemon.compose import build
+    from kegtwist.daemon.options import Options
 
     config = state.parent / "kegbot.toml"
     config.write_text(BUILD_CONFIG)
@@ -512,8 +512,8 @@ def test_delivery_retries_a_refused_done_without_sending_twice(tmp_path: Path) -
     from test_outbox import drink
     from twisted.internet import reactor
 
-    from kegtwist.delivery import DeliveryService
-    from kegtwist.server import KegbotServerClient
+    from kegtwist.delivery.client import KegbotServerClient
+    from kegtwist.delivery.service import DeliveryService
 
     fake = FakeKegbotServer()
     fake.listen(reactor)

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from captures import kegnet_capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kegtwist import events
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "kegnet"
+from kegtwist.protocol import kegnet as events
 
 
 def capture(name: str) -> list[str]:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the ../shared test data lives beside the project)")
-    return [json.loads(line)["message"] for line in path.read_text().splitlines() if line]
+    return kegnet_capture(name)
 
 
 def test_classic_kegboard_daemon_capture_decodes() -> None:

@@ -20,8 +20,8 @@ from daemonkit import FAST_POURS, Daemon, crash, eventually, stop
 from fakeserver import API_KEY, FakeKegbotServer
 from redisd import RedisServer, free_port
 
-from kegtwist import kbsp
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
+from kegtwist.protocol import kbsp
 
 pytestmark = pytest.mark.integration
 

@@ -26,16 +26,16 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.web import resource, server
 
+from kegtwist.boards.simulator import PtyKegboard
 from kegtwist.core import TokenLookupResult
+from kegtwist.core.inputs import TokenEvent
 from kegtwist.core.model import RecordDrink
-from kegtwist.delivery import DeliveryService
-from kegtwist.inputs import TokenEvent
-from kegtwist.options import Options
-from kegtwist.outbox import Outbox
-from kegtwist.server import KegbotServerClient, ServerError
-from kegtwist.service import build
-from kegtwist.sim import PtyKegboard
-from kegtwist.taps import TapSyncService
+from kegtwist.daemon.compose import build
+from kegtwist.daemon.options import Options
+from kegtwist.delivery.client import KegbotServerClient, ServerError
+from kegtwist.delivery.outbox import Outbox
+from kegtwist.delivery.service import DeliveryService
+from kegtwist.delivery.tap_sync import TapSyncService
 
 SECRET = "kegtwist-secret-key-7c1e9a"  # must never reach another origin or the log
 MIB = 1024 * 1024
@@ -292,7 +292,7 @@ def test_https_to_http_redirect_is_refused_and_the_key_stays_on_its_origin() -> 
     """No https server on loopback here: the policy and the header guard."""
     from twisted.internet import reactor
 
-    from kegtwist.server import origin, redirect_error
+    from kegtwist.delivery.client import origin, redirect_error
 
     error = redirect_error("https://kegbot.example/api/taps", 301, "http://kegbot.example/api/taps")
     assert error.kind == "transient" and error.status == 301
@@ -419,7 +419,7 @@ def test_drink_post_answered_over_4_mib_is_looked_up_before_it_is_sent_again(
 
 
 def test_600_presentations_make_one_lookup_reused_for_2_s() -> None:
-    from kegtwist.token_lookup import SharedLookups
+    from kegtwist.delivery.token_lookup import SharedLookups
 
     clock = Clock()
     asked: list[tuple[str, str, defer.Deferred[TokenLookupResult]]] = []
@@ -458,7 +458,7 @@ def test_600_presentations_make_one_lookup_reused_for_2_s() -> None:
 
 
 def test_a_failed_lookup_is_shared_and_a_cancelled_caller_leaves_the_others() -> None:
-    from kegtwist.token_lookup import SharedLookups
+    from kegtwist.delivery.token_lookup import SharedLookups
 
     clock = Clock()
     pending: list[defer.Deferred[TokenLookupResult]] = []

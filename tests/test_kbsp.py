@@ -1,7 +1,7 @@
 """KBSP v1 codec: the real capture, CRC vectors, round trips and corruption.
 
 Plain tests, no reactor: the codec is pure.  The facts come from
-``../shared/protocols/kegboard-serial.md``; the capture is read where it lies.
+``docs/kbsp.md``; the capture is ``tests/data/kegboard/one_flow_active.bin``.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import itertools
 import random
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import pytest
+from captures import kegboard_capture
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from kegtwist import kbsp
-from kegtwist.kbsp import (
+from kegtwist.protocol import kbsp
+from kegtwist.protocol.kbsp import (
     MAX_FRAME_LEN,
     MESSAGE_TYPES,
     PREFIX,
@@ -39,18 +39,13 @@ from kegtwist.kbsp import (
     encode_frame,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CAPTURE = SHARED / "testdata" / "kegboard" / "one_flow_active.bin"
-
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- helpers ---------------------------------------------------------------
 
 
 def capture() -> bytes:
-    if not CAPTURE.exists():
-        pytest.skip(f"{CAPTURE} is absent (the ../shared test data lives beside the project)")
-    return CAPTURE.read_bytes()
+    return kegboard_capture()
 
 
 def feed_all(decoder: Decoder, chunks: Iterable[bytes]) -> list[kbsp.Event]:

@@ -13,8 +13,8 @@ import pytest_twisted
 from kegnetkit import Bus, until
 from redisd import RedisServer, free_port
 
-from kegtwist import events
-from kegtwist.kegnet import parse_redis_url
+from kegtwist.bus.redis import parse_redis_url
+from kegtwist.protocol import kegnet as events
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_subscriber_reader_handles_any_chunking_and_replies() -> None:
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from kegtwist.kegnet import KegnetBus, RedisTarget, _Link
+    from kegtwist.bus.redis import KegnetBus, RedisTarget, _Link
 
     got: list[events.Event] = []
     bus = KegnetBus(RedisTarget(), "kegnet", "me", got.append, reactor=Clock())
@@ -180,7 +180,7 @@ class _Recorded:
         from twisted.internet.task import Clock
         from twisted.logger import Logger
 
-        from kegtwist.kegnet import KegnetBus, RedisTarget
+        from kegtwist.bus.redis import KegnetBus, RedisTarget
 
         self.clock = Clock()
         self.lines: list[dict[str, Any]] = []
@@ -404,7 +404,7 @@ def test_unix_socket(tmp_path: Any, buses: list[Bus]) -> Generator[Any, Any, Non
 
 
 def test_foreign_origins_are_remembered_up_to_a_bound_then_rate_limited() -> None:
-    from kegtwist.kegnet import MAX_FOREIGN_ORIGINS
+    from kegtwist.bus.redis import MAX_FOREIGN_ORIGINS
 
     r = _Recorded()
     flow = events.FlowUpdate(1, "k.flow0", "active", None, 1.0, 2.0, 10, 3.0)

@@ -4,7 +4,6 @@ messages become drinks, displays see the pour, and a kegboard daemon on
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,15 +14,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from captures import kegnet_capture
 from fakeserver import API_KEY, FakeKegbotServer
 from kegnetkit import Bus, until
 from redisd import RedisServer
 
-from kegtwist import events
-from kegtwist.options import Options
-from kegtwist.service import KegbotService, build
+from kegtwist.daemon.compose import KegbotService, build
+from kegtwist.daemon.options import Options
+from kegtwist.protocol import kegnet as events
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "kegnet"
 BIN = Path(sys.executable).parent
 
 CONFIG = """
@@ -63,10 +62,7 @@ def core_daemon(
 
 
 def classic(name: str) -> list[str]:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the ../shared test data lives beside the project)")
-    return [json.loads(line)["message"] for line in path.read_text().splitlines() if line]
+    return kegnet_capture(name)
 
 
 @pytest_twisted.inlineCallbacks
@@ -154,7 +150,7 @@ def test_kegboard_daemon_and_core_daemon_pour_through_redis(
 ) -> Generator[Any, Any, None]:
     from twisted.internet import reactor
 
-    from kegtwist.sim import PtyKegboard, SimulatedKegboard
+    from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 
     board = PtyKegboard(reactor, SimulatedKegboard())
     config = tmp_path / "kegbot.toml"

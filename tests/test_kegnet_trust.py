@@ -23,8 +23,8 @@ from fakeserver import API_KEY, FakeKegbotServer
 from redisd import RedisServer
 from twisted.internet import defer, task
 
-from kegtwist import kbsp
-from kegtwist.sim import PtyKegboard
+from kegtwist.boards.simulator import PtyKegboard
+from kegtwist.protocol import kbsp
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import sys
 
 PROBE = """
 import sys
-from kegtwist import lean
+from kegtwist.daemon import lean
 print(lean.keep_tls_out())
-import twisted.internet.reactor, treq, txredisapi, kegtwist.service
+import twisted.internet.reactor, treq, txredisapi, kegtwist.daemon.compose
 print('OpenSSL' in [m for m, v in sys.modules.items() if v is not None], 'cryptography' in sys.modules)
 from twisted.internet import ssl
 try:
@@ -29,7 +29,7 @@ def test_tls_stays_out_and_the_stub_refuses_loudly() -> None:
 
 
 def test_tls_needed_only_for_https_or_rediss() -> None:
-    from kegtwist.lean import needs_tls
+    from kegtwist.daemon.lean import needs_tls
 
     assert not needs_tls({"api_url": "http://x/api/", "redis_url": "redis://localhost"})
     assert needs_tls({"api_url": "https://x/api/", "redis_url": "none"})

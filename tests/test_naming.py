@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kegtwist.backoff import Backoff
-from kegtwist.naming import auth_device_name, board_name, split_relay_name, token_value
+from kegtwist.boards.naming import auth_device_name, board_name, split_relay_name, token_value
 
 
 def test_board_names_as_the_classic_daemon_made_them() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kegtwist.core.model import RecordDrink, RecordTemperature
-from kegtwist.outbox import DrinkItem, Outbox, TemperatureItem, record_date
+from kegtwist.delivery.outbox import DrinkItem, Outbox, TemperatureItem, record_date
 
 WALL0 = 1_800_000_000.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_outbox import drink
 
-from kegtwist.outbox import Outbox, StateDirBusy
+from kegtwist.delivery.outbox import Outbox, StateDirBusy
 from kegtwist.tools.outbox import main
 
 WALL = 1_800_000_000.0

@@ -16,11 +16,11 @@ from boardkit import guard
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from kegtwist import kbsp
+from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 from kegtwist.core import RecordDrink, TokenLookupResult
-from kegtwist.options import Options
-from kegtwist.service import KegbotService, build
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.daemon.compose import KegbotService, build
+from kegtwist.daemon.options import Options
+from kegtwist.protocol import kbsp
 
 pytestmark = pytest.mark.integration
 

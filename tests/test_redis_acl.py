@@ -27,7 +27,7 @@ from fakeserver import API_KEY, FakeKegbotServer
 from kegnetkit import Bus, until
 from redisd import RedisServer, free_port, redis_version, resp
 
-from kegtwist import events
+from kegtwist.protocol import kegnet as events
 
 pytestmark = pytest.mark.integration
 

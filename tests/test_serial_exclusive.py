@@ -3,7 +3,7 @@
 The owner's bug: ``kegboard-info`` or ``kegboard-monitor`` run on the
 daemon's port stole its bytes, and the daemon saw its board gone and came
 back five times in seven seconds.  Now the daemon and the tools open ports
-through :mod:`kegtwist.serial_lock` (TIOCEXCL plus an flock, which root
+through :mod:`kegtwist.boards.serial_lock` (TIOCEXCL plus an flock, which root
 cannot walk through), so the second opener is refused at once and the
 first is never disturbed.  Everything here runs on real pseudo-terminals
 and, where that is what matters, the daemon and the tools as processes.
@@ -27,8 +27,13 @@ from daemonkit import BIN, Daemon, eventually, stop
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
-from kegtwist.serial_lock import PortInUseError, exclusive_serial_port, open_exclusive, unlock_port
-from kegtwist.sim import PtyKegboard
+from kegtwist.boards.serial_lock import (
+    PortInUseError,
+    exclusive_serial_port,
+    open_exclusive,
+    unlock_port,
+)
+from kegtwist.boards.simulator import PtyKegboard
 from kegtwist.tools import info, monitor, set_serial
 
 pytestmark = pytest.mark.integration

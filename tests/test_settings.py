@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from kegtwist import settings
 from kegtwist.core.config import AuthDevice
-from kegtwist.options import Options
+from kegtwist.daemon import settings
+from kegtwist.daemon.options import Options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_parse_reports_source() -> None:
 
 
 def test_example_config_mentions_every_option() -> None:
-    from kegtwist.options import OPTIONS
+    from kegtwist.daemon.options import OPTIONS
 
     text = (ROOT / "tap-configs" / "kegbot.toml").read_text()
     missing = [o.name for o in OPTIONS if f"{o.name} =" not in text]
@@ -135,7 +135,7 @@ def test_bad_redis_url_on_the_command_line_never_shows_the_password() -> None:
 
 
 def test_redis_password_file_from_the_command_line_or_the_file(tmp_path: Path) -> None:
-    from kegtwist.redisurl import redis_target
+    from kegtwist.bus.redis_url import redis_target
 
     secret = tmp_path / "redis-password"
     secret.write_text("  s3cret-pw\n")
@@ -164,8 +164,8 @@ def test_redis_password_file_must_be_a_path(tmp_path: Path) -> None:
 def test_an_unusable_redis_password_file_names_its_path(
     tmp_path: Path, content: str | None, message: str
 ) -> None:
+    from kegtwist.bus.redis_url import redis_target
     from kegtwist.errors import StartupError
-    from kegtwist.redisurl import redis_target
 
     secret = tmp_path / "redis-password"
     if content is not None:

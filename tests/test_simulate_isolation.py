@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 
-from kegtwist import kbsp, naming
-from kegtwist.options import Options
-from kegtwist.sim import DEFAULT_ML_PER_TICK
-from kegtwist.simulate import SimulatedBoards, simulated_taps
+from kegtwist.boards import naming
+from kegtwist.boards.simulated import SimulatedBoards, simulated_taps
+from kegtwist.boards.simulator import DEFAULT_ML_PER_TICK
+from kegtwist.daemon.options import Options
+from kegtwist.protocol import kbsp
 
 SIM_METER = "simulated-kegboard.flow0"
 

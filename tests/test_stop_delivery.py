@@ -18,7 +18,7 @@ import pytest_twisted
 from daemonkit import Daemon, eventually, stop
 from fakeserver import API_KEY, FakeKegbotServer
 
-from kegtwist.sim import PtyKegboard
+from kegtwist.boards.simulator import PtyKegboard
 
 pytestmark = pytest.mark.integration
 

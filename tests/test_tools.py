@@ -13,8 +13,8 @@ import pytest_twisted
 from boardkit import guard
 from twisted.internet import defer
 
-from kegtwist import kbsp
-from kegtwist.sim import PtyKegboard, SimulatedKegboard
+from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
+from kegtwist.protocol import kbsp
 from kegtwist.tools import info, monitor, set_serial
 
 pytestmark = pytest.mark.integration

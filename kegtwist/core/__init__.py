@@ -1,8 +1,15 @@
 """The pure core: pours, tokens, valves and temperatures (no I/O, no clock)."""
 
-from .config import AuthDevice, AuthSettings, CoreConfig, PourSettings, TapConfig, ThermoSettings
-from .machine import Core, CoreStats
-from .model import (
+from kegtwist.core.config import (
+    AuthDevice,
+    AuthSettings,
+    CoreConfig,
+    PourSettings,
+    TapConfig,
+    ThermoSettings,
+)
+from kegtwist.core.machine import Core, CoreStats
+from kegtwist.core.model import (
     CoreInput,
     Effect,
     FlowRequest,

@@ -7,7 +7,7 @@ may jump its wall clock), and ``wall``, Unix seconds for the timestamps
 reported.  :meth:`Core.next_deadline` says when the core next wants
 :meth:`Core.advance`; the adapter schedules exactly that, no polling.
 
-Rules (see ``../shared/protocols/pour-rules.md``), and the decisions taken
+Rules (see ``docs/pour-rules.md``), and the decisions taken
 where the sources are silent:
 
 * One pour per tap.  Ticks on a tap with no pour start an anonymous one;
@@ -44,7 +44,8 @@ import heapq
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ..inputs import (
+from kegtwist.core.config import AuthDevice, CoreConfig, TapConfig
+from kegtwist.core.inputs import (
     BoardConnected,
     BoardGone,
     MeterReading,
@@ -52,10 +53,8 @@ from ..inputs import (
     ThermoReading,
     TokenEvent,
 )
-from ..ratelimit import RateLimiter
-from .config import AuthDevice, CoreConfig, TapConfig
-from .meters import MeterState
-from .model import (
+from kegtwist.core.meters import MeterState
+from kegtwist.core.model import (
     CoreInput,
     Effect,
     FlowRequest,
@@ -72,6 +71,7 @@ from .model import (
     TapsChanged,
     TokenLookupResult,
 )
+from kegtwist.ratelimit import RateLimiter
 
 TokenKey = tuple[str, str]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..inputs import (
+from kegtwist.core.config import TapConfig
+from kegtwist.core.inputs import (
     BoardConnected,
     BoardGone,
     MeterReading,
@@ -13,7 +14,6 @@ from ..inputs import (
     ThermoReading,
     TokenEvent,
 )
-from .config import TapConfig
 
 # --- inputs beyond what boards send --------------------------------------
 

@@ -9,9 +9,15 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from ..board import BoardLink, BoardService, FrameObserver, Opener, parse_board_specs
-from ..inputs import BoardConnected, BoardInput
-from ..serial_lock import PortInUseError
+from kegtwist.boards.serial_lock import PortInUseError
+from kegtwist.boards.service import (
+    BoardLink,
+    BoardService,
+    FrameObserver,
+    Opener,
+    parse_board_specs,
+)
+from kegtwist.core.inputs import BoardConnected, BoardInput
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -45,7 +51,7 @@ class FirstBoard:
     """Starts a BoardService and fires when its first board says hello.
 
     Ports are opened exactly as the daemon opens them, exclusively (see
-    :mod:`kegtwist.serial_lock`): :meth:`open` raises
+    :mod:`kegtwist.boards.serial_lock`): :meth:`open` raises
     :class:`PortInUseError` at once when every port found is held by
     another program (the running daemon), and never disturbs it."""
 

@@ -7,9 +7,10 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from .. import kbsp, naming
-from ..serial_lock import PortInUseError
-from .common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
+from kegtwist.boards import naming
+from kegtwist.boards.serial_lock import PortInUseError
+from kegtwist.protocol import kbsp
+from kegtwist.tools.common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
 
 
 def describe(device: str, hello: kbsp.Hello) -> str:

@@ -7,10 +7,10 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from .. import kbsp
-from ..board import BoardLink
-from ..serial_lock import PortInUseError
-from .common import FirstBoard, in_use, run, timestamp
+from kegtwist.boards.serial_lock import PortInUseError
+from kegtwist.boards.service import BoardLink
+from kegtwist.protocol import kbsp
+from kegtwist.tools.common import FirstBoard, in_use, run, timestamp
 
 
 def format_event(now: float, device: str, event: kbsp.Event) -> str:

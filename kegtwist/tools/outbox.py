@@ -24,8 +24,8 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-from ..options import default_state_dir
-from ..outbox import (
+from kegtwist.daemon.options import default_state_dir
+from kegtwist.delivery.outbox import (
     QUARANTINE,
     DrinkItem,
     Outbox,

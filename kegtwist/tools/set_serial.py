@@ -11,10 +11,11 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from .. import kbsp, naming
-from ..board import BoardLink
-from ..serial_lock import PortInUseError
-from .common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
+from kegtwist.boards import naming
+from kegtwist.boards.serial_lock import PortInUseError
+from kegtwist.boards.service import BoardLink
+from kegtwist.protocol import kbsp
+from kegtwist.tools.common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
 
 
 async def main(reactor: Any, argv: list[str], out: TextIO) -> int:

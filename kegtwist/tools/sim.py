@@ -31,7 +31,7 @@ from typing import Any
 from twisted.internet import stdio
 from twisted.protocols.basic import LineReceiver
 
-from ..sim import DEFAULT_ML_PER_TICK, Pourer, PtyKegboard, SimulatedKegboard
+from kegtwist.boards.simulator import DEFAULT_ML_PER_TICK, Pourer, PtyKegboard, SimulatedKegboard
 
 
 class SimulatorShell(LineReceiver):

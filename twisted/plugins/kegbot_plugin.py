@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 kegbot = ServiceMaker(
     "kegbot",
-    "kegtwist.tap",
+    "kegtwist.daemon.servicemaker",
     "Kegbot core: Kegboards, pours, valves, Kegnet and the Kegbot Server",
     "kegbot",
 )

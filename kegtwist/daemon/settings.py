@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.config import (
+from kegtwist.core.config import (
     DEFAULT_AUTH_DEVICES,
     AuthDevice,
     AuthSettings,

@@ -29,8 +29,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .core import TapConfig, TapsChanged
-from .server import KegbotServerClient, ServerError, Tap
+from kegtwist.core import TapConfig, TapsChanged
+from kegtwist.delivery.client import KegbotServerClient, ServerError, Tap
 
 REFRESH_SECONDS = 60.0
 ACTIVE_REFRESH_SECONDS = 10.0

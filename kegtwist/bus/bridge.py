@@ -1,7 +1,7 @@
 """Between the daemon and Kegnet: what it publishes and what it takes in.
 
-The bus (:mod:`kegtwist.kegnet`) moves JSON; the catalogue
-(:mod:`kegtwist.events`) says what the JSON means; this module decides, by
+The bus (:mod:`kegtwist.bus.redis`) moves JSON; the catalogue
+(:mod:`kegtwist.protocol.kegnet`) says what the JSON means; this module decides, by
 role, which of the daemon's doings become events and which events from
 other programs become core inputs or relay commands.
 
@@ -57,7 +57,7 @@ every subscriber sees every token presented (so tokens can be replayed).
   ``disabled`` arrives or none has come for :data:`RELAY_SESSION_GAP` s (the
   board's own watchdog has closed it).  A core never holds a valve open that
   long (its own guard ends the pour first).  On stop the daemon closes what
-  was opened (:mod:`kegtwist.service`).
+  was opened (:mod:`kegtwist.daemon.compose`).
 """
 
 from __future__ import annotations
@@ -72,17 +72,18 @@ from typing import Literal
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from . import events, naming
-from .core import Core, CoreInput, Effect, FlowRequest, PourSnapshot, PourUpdate, SetRelay
-from .inputs import (
+from kegtwist.boards import naming
+from kegtwist.core import Core, CoreInput, Effect, FlowRequest, PourSnapshot, PourUpdate, SetRelay
+from kegtwist.core.inputs import (
     BoardConnected,
     BoardInput,
     MeterReading,
     ThermoReading,
     TokenEvent,
 )
-from .outbox import DrinkItem
-from .ratelimit import RateLimiter
+from kegtwist.delivery.outbox import DrinkItem
+from kegtwist.protocol import kegnet as events
+from kegtwist.ratelimit import RateLimiter
 
 Role = Literal["all", "kegboard", "core"]
 ROLES: tuple[Role, ...] = ("all", "kegboard", "core")
@@ -127,7 +128,7 @@ _LOCAL_HINT = (
     "board moved to a kegboard daemon on another machine)"
 )
 
-log = Logger(namespace="kegtwist.kegnet")
+log = Logger(namespace="kegtwist.bus.redis")
 
 
 @dataclass

@@ -7,7 +7,7 @@ once, with their default, their environment variable and how to check a
 value, and the help, the file and the merge all follow from that.
 
 ``--simulate N`` makes a run apart from the real ones (see
-:mod:`kegtwist.simulate`): its state dir is ``<state_dir>/simulate``, its
+:mod:`kegtwist.boards.simulated`): its state dir is ``<state_dir>/simulate``, its
 ``api_url`` is ``none`` unless one was given explicitly (command line,
 file or ``$KEGBOT_API_URL``; the default does not count), and the simulated
 boards' taps join the file's ``[[taps]]`` in :attr:`Options.core_config`.
@@ -23,10 +23,10 @@ from typing import Any
 
 from twisted.python import usage
 
-from . import settings
-from .boardspec import BoardSpec, parse_board_spec, parse_board_specs
-from .core.config import CoreConfig
-from .redisurl import parse_redis_url
+from kegtwist.boards.spec import BoardSpec, parse_board_spec, parse_board_specs
+from kegtwist.bus.redis_url import parse_redis_url
+from kegtwist.core.config import CoreConfig
+from kegtwist.daemon import settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +351,7 @@ class Options(usage.Options):
         if "redis-url" in self._explicit and _url_password(self.settings["redis_url"]):
             self._warn_password_in_ps()
         if getattr(self, "parent", None) is not None:
-            from . import lean
+            from kegtwist.daemon import lean
 
             if not lean.needs_tls(self.settings):
                 lean.keep_tls_out()
@@ -365,20 +365,20 @@ class Options(usage.Options):
         ``--logfile`` and ``--syslog`` keep twistd's own observers."""
         from twisted.logger import LogLevel
 
-        from . import logs
+        from kegtwist.daemon import logs
 
         logs.LEVEL = LogLevel.levelWithName(self.settings["log_level"])
         parent = getattr(self, "parent", None)
         if parent is None or parent.get("logger"):
             return
         if self.settings["log_format"] == "json":
-            parent["logger"] = "kegtwist.logs.json_observer"
+            parent["logger"] = "kegtwist.daemon.logs.json_observer"
         elif (
             parent.get("nodaemon")
             and parent.get("logfile") in (None, "", "-")
             and not parent.get("syslog")
         ):
-            parent["logger"] = "kegtwist.logs.text_observer"
+            parent["logger"] = "kegtwist.daemon.logs.text_observer"
 
     def _resolve(self) -> None:
         file_settings = settings.FileSettings()
@@ -440,7 +440,7 @@ class Options(usage.Options):
         Its own state dir (a normal start never sees its drinks), no
         Kegbot Server unless one was named, and its boards' taps as file
         taps (for meters the file does not name)."""
-        from .simulate import SIMULATE_STATE_SUBDIR, simulated_taps
+        from kegtwist.boards.simulated import SIMULATE_STATE_SUBDIR, simulated_taps
 
         self.settings["state_dir"] = os.path.join(self.settings["state_dir"], SIMULATE_STATE_SUBDIR)
         if not api_url_given:
@@ -454,7 +454,7 @@ class Options(usage.Options):
     def _log_simulated_run(self) -> None:
         from twisted.logger import Logger
 
-        from .simulate import board_name
+        from kegtwist.boards.simulated import board_name
 
         count = self.settings["simulate"]
         boards = board_name(0) if count == 1 else f"{board_name(0)} to {board_name(count - 1)}"

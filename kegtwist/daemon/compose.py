@@ -20,26 +20,26 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .board import BoardService
-from .core import (
+from kegtwist.boards.service import BoardService
+from kegtwist.core import (
     Core,
     Effect,
     RecordDrink,
     RecordTemperature,
     RegisterController,
 )
-from .core_service import CoreService, TokenResolver
-from .delivery import DeliveryService
-from .inputs import BoardInput
-from .options import Options
-from .outbox import Outbox
-from .server import KegbotServerClient
-from .taps import TapSyncService
-from .token_lookup import SharedLookups, server_token_resolver
+from kegtwist.core.inputs import BoardInput
+from kegtwist.daemon.core_service import CoreService, TokenResolver
+from kegtwist.daemon.options import Options
+from kegtwist.delivery.client import KegbotServerClient
+from kegtwist.delivery.outbox import Outbox
+from kegtwist.delivery.service import DeliveryService
+from kegtwist.delivery.tap_sync import TapSyncService
+from kegtwist.delivery.token_lookup import SharedLookups, server_token_resolver
 
 if TYPE_CHECKING:
-    from .kegnet import KegnetBus
-    from .kegnet_bridge import KegnetBridge, Role
+    from kegtwist.bus.bridge import KegnetBridge, Role
+    from kegtwist.bus.redis import KegnetBus
 
 VALVE_CONFIRM_SECONDS = 1.0
 
@@ -160,8 +160,8 @@ def build(
         top.core.setServiceParent(top)
 
     if config["manhole"]:
-        from .inspect import namespace
-        from .manhole import manhole_service
+        from kegtwist.daemon.manhole import manhole_service
+        from kegtwist.daemon.namespace import namespace
 
         manhole_service(
             config["manhole"],
@@ -185,9 +185,9 @@ def _kegnet(
     top: KegbotService, config: dict[str, Any], reactor: Any, clock: IReactorTime, role: Role
 ) -> KegnetBridge:
     """The bus and its bridge; imported only when a Redis URL is set."""
-    from .kegnet import KegnetBus
-    from .kegnet_bridge import KegnetBridge
-    from .redisurl import redis_target
+    from kegtwist.bus.bridge import KegnetBridge
+    from kegtwist.bus.redis import KegnetBus
+    from kegtwist.bus.redis_url import redis_target
 
     target = redis_target(config["redis_url"], config["redis_password_file"])
     assert target is not None
@@ -324,8 +324,8 @@ def _board_side(
     core_service = top.core
     board_specs = list(options.board_specs)
     if config["simulate"]:
-        from .board import BoardSpec
-        from .simulate import SimulatedBoards
+        from kegtwist.boards.service import BoardSpec
+        from kegtwist.boards.simulated import SimulatedBoards
 
         # The simulated taps are file taps: options adds them to core_config.
         simulated = SimulatedBoards(reactor, config["simulate"], config["simulate_pours"], clock)
@@ -357,7 +357,7 @@ def make_service(options: Options, reactor: Any | None = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from .logs import exit_with, install_signal_handlers
+    from kegtwist.daemon.logs import exit_with, install_signal_handlers
 
     reactor.callWhenRunning(install_signal_handlers, reactor)
     top = build(options, reactor)

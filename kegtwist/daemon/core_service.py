@@ -36,8 +36,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backoff import Backoff
-from .core import (
+from kegtwist.backoff import Backoff
+from kegtwist.core import (
     Core,
     CoreInput,
     Effect,

@@ -1,8 +1,8 @@
 """The Twisted side of Kegboards: ports, discovery, naming, reconnection.
 
-A thin adapter around :mod:`kegtwist.kbsp`.  One :class:`BoardLink` per
+A thin adapter around :mod:`kegtwist.protocol.kbsp`.  One :class:`BoardLink` per
 device node (or TCP bridge) opens the port, pings until a hello names the
-board, turns messages into :mod:`kegtwist.inputs` values with full names,
+board, turns messages into :mod:`kegtwist.core.inputs` values with full names,
 watches the hello heartbeat and reopens with backoff.  :class:`BoardService`
 turns ``--kegboard`` specs into links, rescans globs and keeps board names
 unique.
@@ -42,10 +42,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import kbsp, naming
-from .backoff import Backoff
-from .boardspec import AUTO_GLOBS, BoardSpec, parse_board_spec, parse_board_specs
-from .inputs import (
+from kegtwist.backoff import Backoff
+from kegtwist.boards import naming
+from kegtwist.boards.spec import AUTO_GLOBS, BoardSpec, parse_board_spec, parse_board_specs
+from kegtwist.core.inputs import (
     BoardConnected,
     BoardGone,
     BoardInput,
@@ -54,7 +54,8 @@ from .inputs import (
     ThermoReading,
     TokenEvent,
 )
-from .ratelimit import RateLimiter
+from kegtwist.protocol import kbsp
+from kegtwist.ratelimit import RateLimiter
 
 BAUD_RATE = 115200
 PING_INTERVAL = 2.0
@@ -105,11 +106,11 @@ Opener = Callable[[KegboardProtocol], "defer.Deferred[Any]"]
 def serial_opener(reactor: Any, device: str) -> Opener:
     """Open ``device`` with Twisted's SerialPort (synchronous, may raise),
     exclusively: a port another program holds (another daemon, a
-    kegboard-* tool) fails with :class:`~kegtwist.serial_lock.PortInUseError`
-    and is left alone (see :mod:`kegtwist.serial_lock`)."""
+    kegboard-* tool) fails with :class:`~kegtwist.boards.serial_lock.PortInUseError`
+    and is left alone (see :mod:`kegtwist.boards.serial_lock`)."""
 
     def open_port(proto: KegboardProtocol) -> defer.Deferred[Any]:
-        from .serial_lock import exclusive_serial_port
+        from kegtwist.boards.serial_lock import exclusive_serial_port
 
         try:
             exclusive_serial_port()(proto, device, reactor, baudrate=BAUD_RATE)

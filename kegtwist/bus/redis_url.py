@@ -1,8 +1,8 @@
 """``--redis-url`` parsed into a :class:`RedisTarget`, with no Twisted import.
 
-Apart from :mod:`kegtwist.kegnet` so that option parsing can check a URL
+Apart from :mod:`kegtwist.bus.redis` so that option parsing can check a URL
 with the same parser the bus uses, before any networking module loads
-(see :mod:`kegtwist.lean`).
+(see :mod:`kegtwist.daemon.lean`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .errors import StartupError
+from kegtwist.errors import StartupError
 
 
 class PasswordFileError(StartupError, ValueError):

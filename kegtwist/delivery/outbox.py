@@ -59,8 +59,8 @@ from typing import Any, ClassVar, Literal
 
 from twisted.logger import Logger
 
-from .core.model import RecordDrink, RecordTemperature
-from .errors import StartupError
+from kegtwist.core.model import RecordDrink, RecordTemperature
+from kegtwist.errors import StartupError
 
 JOURNAL = "outbox.jsonl"
 QUARANTINE = "outbox.quarantine.jsonl"

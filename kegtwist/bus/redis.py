@@ -1,7 +1,7 @@
 """Kegnet over Redis pub/sub, on txredisapi, that never gives up.
 
 txredisapi's own factories have three pitfalls for a daemon that must run
-for years (see ``../shared/design/twisted-idioms.md``): a subscriber is not
+for years (see ``docs/kegnet.md``, "Connection behaviour"): a subscriber is not
 subscribed again after a reconnect, a failed AUTH or SELECT stops
 reconnection for good, and commands wait forever while disconnected.  So
 this module uses txredisapi's protocols (the RESP codec and commands) over
@@ -18,7 +18,7 @@ connections it manages itself:
 * :meth:`KegnetBus.publish` never waits: while disconnected, events queue
   up to a bound, the oldest dropped and counted, and flush in order on
   reconnect;
-* what arrives is decoded by :mod:`kegtwist.events`: our own echoes are
+* what arrives is decoded by :mod:`kegtwist.protocol.kegnet`: our own echoes are
   dropped, rejects are counted and logged at most once per 10 s per reason,
   and a ``FlowUpdate`` from another origin (a second core on the channel,
   which would record every pour twice) is logged at error level, once per
@@ -41,10 +41,10 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from . import events
-from .backoff import Backoff
-from .ratelimit import RateLimiter, suppressed_note
-from .redisurl import RedisTarget, parse_redis_url
+from kegtwist.backoff import Backoff
+from kegtwist.bus.redis_url import RedisTarget, parse_redis_url
+from kegtwist.protocol import kegnet as events
+from kegtwist.ratelimit import RateLimiter, suppressed_note
 
 CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 10.0

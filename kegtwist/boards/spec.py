@@ -1,7 +1,7 @@
 """``--kegboard`` values, parsed without importing Twisted's networking.
 
-Kept apart from :mod:`kegtwist.board` so that option parsing stays light
-(see :mod:`kegtwist.lean`).
+Kept apart from :mod:`kegtwist.boards.service` so that option parsing stays light
+(see :mod:`kegtwist.daemon.lean`).
 """
 
 from __future__ import annotations

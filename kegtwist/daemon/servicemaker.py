@@ -6,12 +6,12 @@ import sys
 
 from twisted.application.service import IService
 
-from .options import Options
+from kegtwist.daemon.options import Options
 
 
 def makeService(options: Options) -> IService:
-    from .errors import StartupError
-    from .service import make_service
+    from kegtwist.daemon.compose import make_service
+    from kegtwist.errors import StartupError
 
     try:
         return make_service(options)

@@ -26,7 +26,7 @@ from twisted.internet.error import ProcessDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import StartupError
+from kegtwist.errors import StartupError
 
 HOST_KEY_FILE = "manhole_host_key"
 

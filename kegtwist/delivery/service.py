@@ -47,9 +47,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .backoff import Backoff
-from .outbox import DrinkItem, Outbox, TemperatureItem
-from .server import Drink, KegbotServerClient, ServerError
+from kegtwist.backoff import Backoff
+from kegtwist.delivery.client import Drink, KegbotServerClient, ServerError
+from kegtwist.delivery.outbox import DrinkItem, Outbox, TemperatureItem
 
 DrinkListener = Callable[[DrinkItem, int], None]
 STALE_TEMPERATURE_SECONDS = 300.0

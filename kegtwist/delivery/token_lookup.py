@@ -14,9 +14,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from .core import TokenLookupResult
-from .core_service import TokenResolver
-from .server import KegbotServerClient, ServerError
+from kegtwist.core import TokenLookupResult
+from kegtwist.daemon.core_service import TokenResolver
+from kegtwist.delivery.client import KegbotServerClient, ServerError
 
 TOKEN_LOOKUP_TIMEOUT = 2.0
 REUSE_SECONDS = 2.0
@@ -41,7 +41,7 @@ def server_token_resolver(client: KegbotServerClient) -> TokenResolver:
 
 
 class SharedLookups:
-    """A :data:`~kegtwist.core_service.TokenResolver` that asks ``resolve``
+    """A :data:`~kegtwist.daemon.core_service.TokenResolver` that asks ``resolve``
     at most once per token in flight, and reuses an answer for
     ``reuse_seconds`` after it came (a failure too)."""
 

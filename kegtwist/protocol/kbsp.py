@@ -3,7 +3,7 @@
 Pure code in the sans-IO style: no Twisted, no I/O, no clock.  Bytes go into
 :class:`Decoder.feed` in chunks of any size and typed messages (or
 :class:`FrameRejected` records) come out; :func:`encode` turns any message
-back into a frame.  See ``../shared/protocols/kegboard-serial.md``.
+back into a frame.  See ``docs/kbsp.md``.
 
 Frame: ``b"KBSP v1:"``, message id u16, payload length u16, payload (0..112
 bytes of tag-length-value fields), CRC-16/KERMIT u16 over everything before

@@ -1,18 +1,18 @@
 """``--simulate N``: virtual Kegboards inside the daemon, for demos and tests.
 
-Each is a :class:`~kegtwist.sim.PtyKegboard` on a real pseudo-terminal, so
+Each is a :class:`~kegtwist.boards.simulator.PtyKegboard` on a real pseudo-terminal, so
 the daemon opens it with the same serial, codec and board code as a USB
 board.  A simulated run is kept apart from the owner's real ones:
 
 * Names: ``simulated-kegboard``, ``simulated-kegboard-2``, ... (meters
-  ``simulated-kegboard.flow0`` ...; see :func:`kegtwist.naming.simulated_board_name`).
+  ``simulated-kegboard.flow0`` ...; see :func:`kegtwist.boards.naming.simulated_board_name`).
   Real boards are ``kegboard`` or ``kegboard-`` + a serial's last 8
   characters, so nothing simulated ever lands on a real controller's taps.
   The boards report a serial number with a prefix drawn at random by this
-  process (:func:`kegtwist.naming.simulated_serial_number`), which only this
+  process (:func:`kegtwist.boards.naming.simulated_serial_number`), which only this
   process names so.
 * State: ``<state_dir>/simulate/`` (outbox, checkpoint, lock), never the
-  real state dir's files (:mod:`kegtwist.options` moves it).
+  real state dir's files (:mod:`kegtwist.daemon.options` moves it).
 * Server: nothing is posted or registered unless ``--api-url`` is given
   explicitly (on the command line, in the config file or as
   ``$KEGBOT_API_URL``); the default is ``none``.
@@ -34,9 +34,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from . import naming
-from .core import TapConfig
-from .sim import DEFAULT_ML_PER_TICK, Pourer, PtyKegboard, SimulatedKegboard
+from kegtwist.boards import naming
+from kegtwist.boards.simulator import DEFAULT_ML_PER_TICK, Pourer, PtyKegboard, SimulatedKegboard
+from kegtwist.core import TapConfig
 
 DEMO_POUR_ML = 330.0
 DEMO_POUR_SECONDS = 4.0

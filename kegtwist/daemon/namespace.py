@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .core import ManualValve
+from kegtwist.core import ManualValve
 
 if TYPE_CHECKING:
-    from .core_service import CoreService
-    from .outbox import Outbox
-    from .service import KegbotService
+    from kegtwist.daemon.compose import KegbotService
+    from kegtwist.daemon.core_service import CoreService
+    from kegtwist.delivery.outbox import Outbox
 
 
 def _time(wall: float) -> str:

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from . import kbsp
+from kegtwist.protocol import kbsp
 
 RELAY_WATCHDOG_SECONDS = 10.0
 RELAY_COUNT = 6

@@ -1,0 +1,1 @@
+"""Kegboards: specs, naming, the serial/TCP link and service, the simulator."""

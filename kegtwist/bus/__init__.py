@@ -1,0 +1,1 @@
+"""Kegnet on Redis: the link, the bus service, the bridge to the core."""

@@ -1,0 +1,1 @@
+"""Options, settings, logging, composition of the roles, the manhole."""

@@ -1,0 +1,1 @@
+"""Drinks to the Kegbot Server: outbox, client, delivery, tap sync."""

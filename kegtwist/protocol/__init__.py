@@ -1,0 +1,1 @@
+"""Pure wire formats: KBSP v1, the Kegnet event catalogue."""
