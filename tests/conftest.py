@@ -59,3 +59,14 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+# Tests that use these fixtures start a redis-server, a loopback HTTP
+# server, a pseudo-terminal or a twistd process: integration by definition.
+INTEGRATION_FIXTURES = {"redis_server", "fake_server", "pty_board", "daemons"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -13,8 +13,11 @@ from boardkit import InputRecorder, guard
 from twisted.internet import defer, protocol
 from twisted.internet.task import Clock
 
-from kegtwist.boards.service import BoardService, parse_board_spec, parse_board_specs, serial_opener
+from kegtwist.boards.link import serial_opener
+from kegtwist.boards.service import BoardService
+from kegtwist.boards.session import State
 from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
+from kegtwist.boards.spec import parse_board_spec, parse_board_specs
 from kegtwist.core.inputs import (
     BoardConnected,
     BoardGone,
@@ -203,7 +206,7 @@ def test_explicit_path_is_reopened_with_backoff(
     node = tmp_path / "ttyKegboard"
     service, recorder = start_service([str(node)], cleanup, reactor, clock)
     link = service.links[str(node)]
-    assert link.state == "closed"  # not there yet: retrying
+    assert link.state is State.BACKOFF  # not there yet: retrying
     board = make_board(reactor, cleanup)
     node.symlink_to(board.path)
     clock.advance(5.0)
@@ -247,7 +250,7 @@ def test_second_board_with_same_name_is_refused(reactor: Any, cleanup: list[Any]
         service, recorder = start_service([one.path], cleanup, reactor)
         yield recorder.wait_for(lambda i: isinstance(i, BoardConnected))
         link = service._add_link(two.path, serial_opener(reactor, two.path))
-        yield guard(_until(lambda: link.state == "refused"))
+        yield guard(_until(lambda: link.state is State.REFUSED))
     finally:
         globalLogPublisher.removeObserver(observe)
     assert refused == [f"{two.path} {one.path}"]

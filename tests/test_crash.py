@@ -122,6 +122,7 @@ def fake() -> Iterator[FakeKegbotServer]:
         pytest_twisted.blockon(server.close())
 
 
+@pytest.mark.integration
 @pytest_twisted.inlineCallbacks
 def test_killed_after_pours_ended_while_server_was_down(
     tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
@@ -156,6 +157,7 @@ def test_killed_after_pours_ended_while_server_was_down(
     assert daemon.proc is not None and daemon.proc.returncode == 0
 
 
+@pytest.mark.integration
 @pytest_twisted.inlineCallbacks
 def test_killed_after_the_server_committed_but_before_the_answer(
     tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
@@ -182,6 +184,7 @@ def test_killed_after_the_server_committed_but_before_the_answer(
     assert [d["ticks"] for d in fake.drinks] == [250, 40]
 
 
+@pytest.mark.integration
 @pytest_twisted.inlineCallbacks
 def test_killed_mid_pour_while_the_board_keeps_counting(
     tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer
@@ -256,6 +259,7 @@ def test_checkpoint_written_with_the_drink_before_the_outbox_sees_it(tmp_path: P
         assert restarted.core.pours["k.flow0"].ticks == 40  # not 340: no tick twice
 
 
+@pytest.mark.integration
 @pytest_twisted.inlineCallbacks
 def test_power_cut_loses_the_unsynced_done_and_nothing_is_sent_twice(
     tmp_path: Path, fake: FakeKegbotServer
@@ -298,6 +302,7 @@ def test_power_cut_loses_the_unsynced_done_and_nothing_is_sent_twice(
         yield client.close()
 
 
+@pytest.mark.integration
 def test_second_daemon_on_the_same_state_dir_refuses_to_start(
     tmp_path: Path, pty_board: PtyKegboard
 ) -> None:
@@ -327,6 +332,7 @@ def test_second_daemon_on_the_same_state_dir_refuses_to_start(
     assert daemon.proc.returncode == 0
 
 
+@pytest.mark.integration
 @pytest_twisted.inlineCallbacks
 def test_sigterm_mid_pour_after_a_delivery_exits_with_the_drink_recorded(
     tmp_path: Path, pty_board: PtyKegboard, fake: FakeKegbotServer

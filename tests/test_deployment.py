@@ -20,6 +20,8 @@ import pytest
 
 from kegtwist.daemon.options import Options
 
+pytestmark = pytest.mark.integration  # real processes, redis-server or ptys
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tap-configs"
 BIN = Path(sys.executable).parent

@@ -32,10 +32,11 @@ from kegtwist.core.inputs import TokenEvent
 from kegtwist.core.model import RecordDrink
 from kegtwist.daemon.compose import build
 from kegtwist.daemon.options import Options
-from kegtwist.delivery.client import KegbotServerClient, ServerError
+from kegtwist.delivery.client import KegbotServerClient
 from kegtwist.delivery.outbox import Outbox
 from kegtwist.delivery.service import DeliveryService
 from kegtwist.delivery.tap_sync import TapSyncService
+from kegtwist.protocol.server_api import ServerError
 
 SECRET = "kegtwist-secret-key-7c1e9a"  # must never reach another origin or the log
 MIB = 1024 * 1024
@@ -292,7 +293,7 @@ def test_https_to_http_redirect_is_refused_and_the_key_stays_on_its_origin() -> 
     """No https server on loopback here: the policy and the header guard."""
     from twisted.internet import reactor
 
-    from kegtwist.delivery.client import origin, redirect_error
+    from kegtwist.protocol.server_api import origin, redirect_error
 
     error = redirect_error("https://kegbot.example/api/taps", 301, "http://kegbot.example/api/taps")
     assert error.kind == "transient" and error.status == 301

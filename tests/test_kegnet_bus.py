@@ -16,6 +16,8 @@ from redisd import RedisServer, free_port
 from kegtwist.bus.redis import parse_redis_url
 from kegtwist.protocol import kegnet as events
 
+pytestmark = pytest.mark.integration  # real processes, redis-server or ptys
+
 
 @pytest.fixture
 def buses() -> Generator[list[Bus], None, None]:
@@ -147,27 +149,34 @@ def test_publish_while_redis_is_absent_is_bounded(buses: list[Bus]) -> Generator
     yield a.stop()
 
 
-def test_subscriber_reader_handles_any_chunking_and_replies() -> None:
-    """The subscriber's own RESP reader: pushes split anywhere, replies to
-    SUBSCRIBE in between, garbage drops the connection."""
+def test_subscriber_handles_any_chunking_and_replies() -> None:
+    """txredisapi's subscriber as the link makes it: pushes split anywhere
+    reach the bus, the reply to SUBSCRIBE in between reaches its command,
+    bytes that are not RESP drop the connection (without a traceback)."""
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from kegtwist.bus.redis import KegnetBus, RedisTarget, _Link
+    from kegtwist.bus.link import _Guard
+    from kegtwist.bus.redis import KegnetBus, RedisTarget
 
     got: list[events.Event] = []
     bus = KegnetBus(RedisTarget(), "kegnet", "me", got.append, reactor=Clock())
-    protocol = _Link(bus, subscriber=True)._make_protocol()
+    protocol = bus._link(subscriber=True)._new_protocol()
+    guard = _Guard(protocol)
     transport = StringTransport()
-    protocol.makeConnection(transport)
+    guard.makeConnection(transport)
+    subscribed = protocol.subscribe("kegnet")
+    assert transport.value() == b"*2\r\n$9\r\nSUBSCRIBE\r\n$6\r\nkegnet\r\n"
     payload = events.encode(events.MeterUpdate("k.flow0", 42, "other"))
     push = b"*3\r\n$7\r\nmessage\r\n$6\r\nkegnet\r\n$%d\r\n%s\r\n" % (len(payload), payload)
     stream = b"*3\r\n$9\r\nsubscribe\r\n$6\r\nkegnet\r\n:1\r\n" + push * 3
     for i in range(len(stream)):
-        protocol.dataReceived(stream[i : i + 1])
+        guard.dataReceived(stream[i : i + 1])
+    assert subscribed.result == [b"subscribe", b"kegnet", 1]
     assert got == [events.MeterUpdate("k.flow0", 42, "other")] * 3
-    protocol.dataReceived(b"?garbage\r\n")
-    assert transport.disconnecting
+    guard.dataReceived(b"?garbage\r\n")
+    assert transport.disconnecting and guard.problem is not None
+    assert guard.problem.startswith("not a Redis server?")
 
 
 # --- the bus's own judgement, on a fake clock (no Redis) -------------------
@@ -363,6 +372,57 @@ def test_a_server_that_never_answers_does_not_hang_start_or_stop(
         assert reactor.seconds() - started < 2
     finally:
         yield silent.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unanswered_publish_drops_the_connection(
+    buses: list[Bus],
+) -> Generator[Any, Any, None]:
+    """No AUTH, no SELECT: the publisher is up as soon as it connects; a
+    PUBLISH without an answer in time counts as failed and the publisher
+    connects again."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        a = Bus(f"redis://127.0.0.1:{silent.getHost().port}/0", "A", reply_timeout=0.2)
+        buses.append(a)
+        yield until(lambda: a.bus.publisher is not None)
+        a.bus.publish(events.MeterUpdate("k.flow0", 1))
+        assert a.bus.in_flight == 1
+        yield until(lambda: a.bus.stats.publish_failed == 1 and a.bus.stats.connects >= 2)
+        assert a.bus.in_flight == 0 and not a.bus.connected  # SUBSCRIBE never answered
+        yield a.stop()
+    finally:
+        yield silent.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_is_not_redis_is_retried_quietly(
+    buses: list[Bus],
+) -> Generator[Any, Any, None]:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import globalLogPublisher
+
+    class Http(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    lines: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(lines.append)
+    web = reactor.listenTCP(0, Factory.forProtocol(Http), interface="127.0.0.1")
+    try:
+        a = Bus(f"redis://:pw@127.0.0.1:{web.getHost().port}/0", "A")
+        buses.append(a)
+        yield until(lambda: "not a Redis server?" in a.bus.last_error)
+        assert not a.bus.connected
+        yield a.stop()
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+        yield web.stopListening()
+    assert not [line for line in lines if line.get("log_failure") or line.get("isError")]
 
 
 @pytest_twisted.inlineCallbacks

@@ -19,9 +19,12 @@ from fakeserver import API_KEY, FakeKegbotServer
 from kegnetkit import Bus, until
 from redisd import RedisServer
 
-from kegtwist.daemon.compose import KegbotService, build
+from kegtwist.daemon.compose import build
+from kegtwist.daemon.lifecycle import KegbotService
 from kegtwist.daemon.options import Options
 from kegtwist.protocol import kegnet as events
+
+pytestmark = pytest.mark.integration  # real processes, redis-server or ptys
 
 BIN = Path(sys.executable).parent
 

@@ -71,6 +71,19 @@ def test_same_end_time_gets_distinct_record_dates(tmp_path: Path) -> None:
     assert a.record_date != b.record_date
 
 
+def test_a_new_drink_never_takes_the_record_date_of_a_dead_letter(tmp_path: Path) -> None:
+    """The dead letter may be retried: two drinks in the queue with one
+    record date could be mistaken for each other on the server."""
+    box = Outbox(tmp_path)
+    box.open()
+    first = box.add_drink(drink(1, end=WALL0))
+    box.dead_letter(first, "Meter is inactive", 404, WALL0)
+    second = box.add_drink(drink(2, end=WALL0))
+    assert second.record_date != first.record_date
+    assert box.retry_dead(first.seq)
+    assert len({d.record_date for d in box.drinks()}) == 2
+
+
 def test_dead_letters_persist_and_can_be_retried_or_discarded(tmp_path: Path) -> None:
     box = Outbox(tmp_path)
     box.open()
@@ -181,3 +194,23 @@ def test_recent_flows_survive_restart_and_compaction(tmp_path: Path) -> None:
     box = reopen(box)
     assert box.knows_flow(77)
     assert not box.knows_flow(78)
+
+
+def test_constructing_an_outbox_touches_no_disk(tmp_path: Path) -> None:
+    """Only open() locks, replays and opens the journal (the daemon calls it
+    when it starts its services)."""
+    state = tmp_path / "state"
+    Outbox(state)
+    assert not state.exists()
+    state.mkdir()
+    (state / "outbox.jsonl").write_text("not json\n")
+    box = Outbox(state)
+    assert sorted(p.name for p in state.iterdir()) == ["outbox.jsonl"]  # no lock, no quarantine
+    assert len(box) == 0 and box.unreadable == []
+    box.open()
+    assert sorted(p.name for p in state.iterdir()) == [
+        "lock",
+        "outbox.jsonl",
+        "outbox.quarantine.jsonl",
+    ]
+    box.close()

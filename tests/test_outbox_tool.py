@@ -81,6 +81,7 @@ def test_refuses_while_a_daemon_holds_the_state_dir(state: Path) -> None:
         running.close()
 
 
+@pytest.mark.integration
 def test_installed_as_a_console_script(state: Path) -> None:
     tool = Path(sys.executable).parent / "kegbot-outbox"
     result = subprocess.run(

@@ -18,7 +18,8 @@ from twisted.internet.task import Clock
 
 from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 from kegtwist.core import RecordDrink, TokenLookupResult
-from kegtwist.daemon.compose import KegbotService, build
+from kegtwist.daemon.compose import build
+from kegtwist.daemon.lifecycle import KegbotService
 from kegtwist.daemon.options import Options
 from kegtwist.protocol import kbsp
 

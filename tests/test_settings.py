@@ -118,7 +118,7 @@ def test_parse_reports_source() -> None:
 
 
 def test_example_config_mentions_every_option() -> None:
-    from kegtwist.daemon.options import OPTIONS
+    from kegtwist.daemon.option_table import OPTIONS
 
     text = (ROOT / "tap-configs" / "kegbot.toml").read_text()
     missing = [o.name for o in OPTIONS if f"{o.name} =" not in text]
@@ -232,3 +232,28 @@ def test_an_out_of_range_value_stops_the_daemon_with_one_line(tmp_path: Path) ->
     [line] = [x for x in out.splitlines() if "max_pour_seconds" in x]
     assert "1000000000000.0" in line and "86400" in line and str(config) in line
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+@pytest.mark.integration
+def test_the_config_file_knows_its_keys_without_the_command_line_module() -> None:
+    """No import-order effects: a fresh interpreter that imports only the
+    settings module checks every option key the file may hold."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from kegtwist.daemon import settings\n"
+        "assert 'kegtwist.daemon.options' not in sys.modules\n"
+        "assert not any(m.startswith('twisted') for m in sys.modules), 'settings pulled in Twisted'\n"
+        "f = settings.parse({'api_url': 'none', 'role': 'core', 'kegboard': ['auto']})\n"
+        "print(sorted(f.options))\n"
+        "try:\n"
+        "    settings.parse({'rol': 'core'})\n"
+        "except settings.ConfigError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "['api_url', 'kegboard', 'role']" in done.stdout
+    assert "refused: config: rol: unknown key" in done.stdout

@@ -1,1 +1,2 @@
-"""Kegboards: specs, naming, the serial/TCP link and service, the simulator."""
+"""Kegboards: specs, naming, the session state machine, the serial/TCP link,
+the service, the simulator."""

@@ -1,4 +1,13 @@
-"""The pure core: pours, tokens, valves and temperatures (no I/O, no clock)."""
+"""The pure core: pours, tokens, valves and temperatures (no I/O, no clock).
+
+Inputs and the time in, effects and the next deadline out: no Twisted, no
+I/O, no clock reads (``tests/test_purity.py`` checks the imports).  The
+rules are in ``docs/pour-rules.md``; :class:`Core` (:mod:`.machine`)
+dispatches each input to the module whose rules it concerns: ``meters``,
+``pours`` (with ``held``), ``tokens``, ``valves`` (with ``relays``) and
+``thermo``; deadlines are in ``timers``, what survives a crash in
+``checkpoint``.
+"""
 
 from kegtwist.core.config import (
     AuthDevice,
@@ -8,7 +17,7 @@ from kegtwist.core.config import (
     TapConfig,
     ThermoSettings,
 )
-from kegtwist.core.machine import Core, CoreStats
+from kegtwist.core.machine import Core
 from kegtwist.core.model import (
     CoreInput,
     Effect,
@@ -26,6 +35,7 @@ from kegtwist.core.model import (
     TapsChanged,
     TokenLookupResult,
 )
+from kegtwist.core.stats import CoreStats
 
 __all__ = [
     "AuthDevice",

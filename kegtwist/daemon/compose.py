@@ -1,8 +1,7 @@
-"""Composes the daemon from options: boards, core, and what comes later.
-
-:class:`KegbotService` starts its children in order and stops them in
-reverse, one after the other (``MultiService`` stops them concurrently):
-the core closes valves while the boards are still open to hear it.
+"""Composes the daemon from options: the three roles as three explicit
+compositions of the same parts, each part given what it needs when it is
+built (late-bound collaborators are closures, never attributes assigned
+afterwards).  Start and stop order: :mod:`kegtwist.daemon.lifecycle`.
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer
+from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -30,6 +29,13 @@ from kegtwist.core import (
 )
 from kegtwist.core.inputs import BoardInput
 from kegtwist.daemon.core_service import CoreService, TokenResolver
+from kegtwist.daemon.lifecycle import (
+    Closer,
+    KegbotService,
+    OutboxService,
+    Parts,
+    StateDir,
+)
 from kegtwist.daemon.options import Options
 from kegtwist.delivery.client import KegbotServerClient
 from kegtwist.delivery.outbox import Outbox
@@ -41,81 +47,26 @@ if TYPE_CHECKING:
     from kegtwist.bus.bridge import KegnetBridge, Role
     from kegtwist.bus.redis import KegnetBus
 
-VALVE_CONFIRM_SECONDS = 1.0
-
 log = Logger(namespace="kegtwist")
 
 
-class KegbotService(MultiService):
-    """Children stop one at a time, last started first.
+@dataclass
+class Context:
+    """What every part of a composition is built from."""
 
-    Which parts exist depends on ``--role``: a ``kegboard`` daemon has no
-    core, outbox or server; a ``core`` daemon has no boards."""
+    options: Options
+    reactor: Any
+    clock: IReactorTime
+    monotonic: Callable[[], float]
+    wall: Callable[[], float]
 
-    role: Role = "all"
-    boards: BoardService | None = None
-    core: CoreService | None = None
-    outbox: Outbox | None = None
-    delivery: DeliveryService | None = None
-    tap_sync: TapSyncService | None = None
-    bus: KegnetBus | None = None
-    bridge: KegnetBridge | None = None
-    exit_status = 0
-    """1 after a stop that failed or left drinks unwritten (see make_service)."""
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.options.settings
 
-    def stopService(self) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._stop_in_order())
-
-    async def _stop_in_order(self) -> None:
-        self.running = 0
-        log.info("Stopping: ending pours, closing valves, flushing the outbox")
-        for child in reversed(list(self)):
-            try:
-                if child is self.boards and self.core is None:
-                    await self._close_remote_commanded_relays()
-                await defer.maybeDeferred(child.stopService)
-                if child is self.core and self.core.closed_at_shutdown and self.boards is not None:
-                    unconfirmed = await self.boards.wait_relays_off(
-                        self.core.closed_at_shutdown, VALVE_CONFIRM_SECONDS
-                    )
-                    if unconfirmed:
-                        log.warn(
-                            "No board confirmed closing {relays} within {seconds} s",
-                            relays=", ".join(sorted(unconfirmed)),
-                            seconds=VALVE_CONFIRM_SECONDS,
-                        )
-            except Exception:
-                log.failure("Stopping {service} failed", service=child.name)
-                self.exit_status = 1
-            if child is self.core and self.core.unwritten:
-                self.exit_status = 1  # the core said how many, and where they are
-        if self.bridge is not None:
-            self.bridge.stop()
-        if self.exit_status:
-            log.error("Stopped with errors (see above): exit status {status}", status=1)
-        else:
-            log.info("Stopped cleanly")
-
-    async def _close_remote_commanded_relays(self) -> None:
-        """A ``kegboard`` daemon closes the valves a remote core opened."""
-        assert self.boards is not None
-        opened = {name for name, on in self.boards.relay_states.items() if on}
-        for name in opened:
-            self.boards.set_relay(name, False)
-        if opened:
-            await self.boards.wait_relays_off(opened, VALVE_CONFIRM_SECONDS)
-
-
-class Closer(Service):
-    """Releases a resource when the daemon stops, at its place in the order."""
-
-    def __init__(self, name: str, close: Callable[[], object]) -> None:
-        self.name = name
-        self._close = close
-
-    def stopService(self) -> defer.Deferred[Any]:
-        super().stopService()
-        return defer.maybeDeferred(self._close)
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config["state_dir"])
 
 
 def build(
@@ -127,49 +78,27 @@ def build(
     wall: Callable[[], float] = time.time,
     token_resolver: TokenResolver | None = None,
 ) -> KegbotService:
-    """The whole daemon; tests inject a clock (and may inject a resolver).
+    """The whole daemon for ``--role``; tests inject a clock (and may inject
+    a token resolver).  Nothing here touches disk or network: every part
+    does its I/O in ``startService``.
 
-    Children start in this order and stop in reverse: the bus, the HTTP
-    pool, the outbox, delivery, simulated boards, boards, tap sync, the
-    core, the manhole.  So on stop the core ends pours and closes valves
-    while boards, outbox and bus still listen; Redis goes last.
+    The three roles are three explicit compositions of the same parts.
+    Children start in the order they are added and stop in reverse: the
+    state dir, the bus, the HTTP pool, the outbox, delivery, boards, tap
+    sync, the core, the manhole.  So on stop the core ends pours and closes
+    valves while boards, outbox and bus still listen; Redis goes last.
     """
-    clock = clock if clock is not None else reactor
-    config = options.settings
-    role: Role = config["role"]
-    top = KegbotService()
-    top.role = role
-
-    bridge: KegnetBridge | None = None
-    if config["redis_url"] != "none":
-        bridge = _kegnet(top, config, reactor, clock, role)
-        # The kegboard role's relay guard is the core's ghost-pour guard.
-        bridge.max_pour_seconds = options.core_config.pours.max_pour_seconds
-
-    if role != "kegboard":
-        _core_side(top, options, reactor, clock, monotonic, wall, token_resolver, bridge)
-
-    if role != "core":
-        _board_side(top, options, reactor, clock, bridge)
-
-    # Every role with a core syncs taps the same way (a core-role daemon
-    # has no boards but needs the server's taps all the same).
-    if top.tap_sync is not None:
-        top.tap_sync.setServiceParent(top)
-    if top.core is not None:
-        top.core.setServiceParent(top)
-
-    if config["manhole"]:
-        from kegtwist.daemon.manhole import manhole_service
-        from kegtwist.daemon.namespace import namespace
-
-        manhole_service(
-            config["manhole"],
-            config["manhole_keys"],
-            Path(config["state_dir"]),
-            lambda: namespace(top),
-        ).setServiceParent(top)
-
+    ctx = Context(options, reactor, clock if clock is not None else reactor, monotonic, wall)
+    role: Role = ctx.config["role"]
+    if role == "all":
+        parts, children = _compose_all(ctx, token_resolver)
+    elif role == "core":
+        parts, children = _compose_core(ctx, token_resolver)
+    else:
+        parts, children = _compose_kegboard(ctx)
+    if ctx.config["manhole"]:
+        children.append(_manhole(ctx, lambda: top))
+    top = KegbotService(role, parts, children)
     if role != "all":
         log.info(
             "Role {role}: {what}",
@@ -181,92 +110,228 @@ def build(
     return top
 
 
-def _kegnet(
-    top: KegbotService, config: dict[str, Any], reactor: Any, clock: IReactorTime, role: Role
+Composition = tuple[Parts, list[IService]]
+
+
+def _compose_all(ctx: Context, token_resolver: TokenResolver | None) -> Composition:
+    """Local boards feed the core directly; the bus (if any) hears both and
+    brings remote boards' inputs to the core."""
+    with_bus = ctx.config["redis_url"] != "none"
+    bridge: KegnetBridge | None = None
+
+    def drive_relay(relay: str, on: bool) -> bool:
+        # Local boards directly, or through the bridge, which also sends
+        # the command over Kegnet for remote boards.
+        return bridge.relay_driver(relay, on) if bridge is not None else boards.set_relay(relay, on)
+
+    server = _server_side(ctx, token_resolver, lambda: bridge)
+    core = _core_service(ctx, server, drive_relay, with_bus=with_bus, bridge=lambda: bridge)
+    bus: KegnetBus | None = None
+    if with_bus:
+        bridge = _bridge(
+            ctx,
+            "all",
+            core,
+            bus=lambda: bus,
+            owns_board=lambda name: boards.owns(name),
+            set_local_relay=lambda relay, on: boards.set_relay(relay, on),
+        )
+        bus = _bus(ctx, bridge, core_side=True)
+    sinks: list[Callable[[BoardInput], None]] = [core.feed]
+    if bridge is not None:
+        sinks.append(bridge.board_input)
+    simulated, boards = _boards(ctx, sinks)
+    children: list[IService] = [StateDir(ctx.state_dir)]
+    children += [bus] if bus is not None else []
+    children += [*server.services, *simulated, boards, *server.after_boards, core]
+    parts = Parts(boards, core, server.outbox, server.delivery, server.tap_sync, bus, bridge)
+    return parts, children
+
+
+def _compose_core(ctx: Context, token_resolver: TokenResolver | None) -> Composition:
+    """No boards here: every meter, token and valve comes over Kegnet."""
+    bridge: KegnetBridge | None = None
+    server = _server_side(ctx, token_resolver, lambda: bridge)
+    core = _core_service(
+        ctx,
+        server,
+        lambda relay, on: bridge is not None and bridge.relay_driver(relay, on),
+        with_bus=True,
+        bridge=lambda: bridge,
+    )
+    bus: KegnetBus | None = None
+    bridge = _bridge(
+        ctx,
+        "core",
+        core,
+        bus=lambda: bus,
+        owns_board=lambda name: False,
+        set_local_relay=lambda r, on: False,
+    )
+    bus = _bus(ctx, bridge, core_side=True)
+    children: list[IService] = [StateDir(ctx.state_dir), bus]
+    children += [*server.services, *server.after_boards, core]
+    parts = Parts(None, core, server.outbox, server.delivery, server.tap_sync, bus, bridge)
+    return parts, children
+
+
+def _compose_kegboard(ctx: Context) -> Composition:
+    """Only this machine's boards, published on Kegnet for a core elsewhere;
+    relay commands for them come back over Kegnet."""
+    bus: KegnetBus | None = None
+    bridge = _bridge(
+        ctx,
+        "kegboard",
+        None,
+        bus=lambda: bus,
+        owns_board=lambda name: boards.owns(name),
+        set_local_relay=lambda relay, on: boards.set_relay(relay, on),
+    )
+    bus = _bus(ctx, bridge, core_side=False)
+    simulated, boards = _boards(ctx, [bridge.board_input])
+    children: list[IService] = [StateDir(ctx.state_dir), bus, *simulated, boards]
+    return Parts(boards=boards, bus=bus, bridge=bridge), children
+
+
+def _bridge(
+    ctx: Context,
+    role: Role,
+    core: CoreService | None,
+    *,
+    bus: Callable[[], KegnetBus | None],
+    owns_board: Callable[[str], bool],
+    set_local_relay: Callable[[str, bool], bool],
 ) -> KegnetBridge:
-    """The bus and its bridge; imported only when a Redis URL is set."""
     from kegtwist.bus.bridge import KegnetBridge
+
+    def publish(event: Any) -> None:
+        current = bus()
+        if current is not None:
+            current.publish(event)
+
+    return KegnetBridge(
+        role,
+        publish,
+        ctx.clock,
+        # Boards ever named here stay authoritative (local_boards.json).
+        state_dir=ctx.state_dir,
+        feed_core=core.feed if core is not None else None,
+        owns_board=owns_board,
+        set_local_relay=set_local_relay,
+        core=core.core if core is not None else None,
+        # The kegboard role's relay guard is the core's ghost-pour guard.
+        max_pour_seconds=ctx.options.core_config.pours.max_pour_seconds,
+    )
+
+
+def _bus(ctx: Context, bridge: KegnetBridge, *, core_side: bool) -> KegnetBus:
+    """Imported only when a Redis URL is set."""
     from kegtwist.bus.redis import KegnetBus
     from kegtwist.bus.redis_url import redis_target
 
-    target = redis_target(config["redis_url"], config["redis_password_file"])
+    target = redis_target(ctx.config["redis_url"], ctx.config["redis_password_file"])
     assert target is not None
     origin = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-    bridge_box: list[KegnetBridge] = []
-    bus = KegnetBus(
+    return KegnetBus(
         target,
-        config["channel"],
+        ctx.config["channel"],
         origin,
-        lambda event: bridge_box[0].on_event(event),
-        reactor=reactor,
-        core=role != "kegboard",
+        bridge.on_event,
+        reactor=ctx.reactor,
+        core=core_side,
     )
-    # Boards ever named here stay authoritative (local_boards.json).
-    bridge = KegnetBridge(role, bus.publish, clock, state_dir=Path(config["state_dir"]))
-    bridge_box.append(bridge)
-    top.bus = bus
-    top.bridge = bridge
-    bus.setServiceParent(top)  # first started, last stopped
-    return bridge
 
 
-def _core_side(
-    top: KegbotService,
-    options: Options,
-    reactor: Any,
-    clock: IReactorTime,
-    monotonic: Callable[[], float],
-    wall: Callable[[], float],
+@dataclass
+class ServerSide:
+    """The outbox and, with a server, its client, delivery and tap sync."""
+
+    outbox: Outbox
+    delivery: DeliveryService | None
+    tap_sync: TapSyncService | None
+    token_resolver: TokenResolver | None
+    services: list[IService]
+    """The HTTP pool, the outbox, delivery: started in this order."""
+    core: list[CoreService]
+    """Set once the core exists: tap changes go to it, its pours set the pace."""
+
+    @property
+    def after_boards(self) -> list[IService]:
+        """Tap sync starts after the boards, before the core."""
+        return [self.tap_sync] if self.tap_sync is not None else []
+
+
+def _server_side(
+    ctx: Context,
     token_resolver: TokenResolver | None,
-    bridge: KegnetBridge | None,
-) -> None:
-    """Outbox, server client, delivery, tap sync and the core (not started yet)."""
-    config = options.settings
-    state_dir = Path(config["state_dir"])
-    state_dir.mkdir(parents=True, exist_ok=True)
-    outbox = Outbox(state_dir)
-    outbox.open()
-    top.outbox = outbox
-
-    client: KegbotServerClient | None = None
-    if config["api_url"] != "none":
-        client = KegbotServerClient(reactor, config["api_url"], config["api_key"])
-        if token_resolver is None:
-            # One request per token at a time, its answer reused for 2 s.
-            token_resolver = SharedLookups(server_token_resolver(client), clock)
-        Closer("http-pool", client.close).setServiceParent(top)
-    Closer("outbox", outbox.close).setServiceParent(top)
-
-    core = Core(options.core_config, first_flow_id=int(wall() * 1000))
-    core_service = CoreService(
-        core,
-        clock,
-        token_resolver=token_resolver,
-        monotonic=monotonic,
-        wall=wall,
-        checkpoint_path=state_dir / "pours.json",
-        already_recorded=outbox.knows_flow,
-    )
-    top.core = core_service
-
-    delivery: DeliveryService | None = None
-    tap_sync: TapSyncService | None = None
-    if client is not None:
-        delivery = DeliveryService(outbox, client, clock, wall=wall, drain_seconds=2.0)
-        delivery.setServiceParent(top)
-        tap_sync = TapSyncService(
-            client,
-            core_service.feed,
-            options.core_config.taps,
-            clock,
-            # Held drinks wait for a tap: look for one as often as mid-pour.
-            pours_active=lambda: bool(core.pours or core.held),
-            cache_path=state_dir / "taps.json",
+    bridge: Callable[[], KegnetBridge | None],
+) -> ServerSide:
+    config = ctx.config
+    outbox = Outbox(ctx.state_dir)
+    side = ServerSide(outbox, None, None, token_resolver, [], [])
+    if config["api_url"] == "none":
+        side.services.append(OutboxService(outbox))
+        log.warn(
+            "No Kegbot Server (--api-url none): drinks stay in the outbox in {dir}",
+            dir=str(ctx.state_dir),
         )
-        if bridge is not None:
-            delivery.listeners.append(bridge.drink_recorded)
-    top.delivery = delivery
-    top.tap_sync = tap_sync
+        if not ctx.options.core_config.taps:
+            log.warn(
+                "No taps configured: ticks are counted but no pour is recorded. "
+                "Add [[taps]] to a --config file (see tap-configs/kegbot.toml)"
+            )
+        return side
+    client = KegbotServerClient(ctx.reactor, config["api_url"], config["api_key"])
+    if token_resolver is None:
+        # One request per token at a time, its answer reused for 2 s.
+        side.token_resolver = SharedLookups(server_token_resolver(client), ctx.clock)
+    side.delivery = DeliveryService(
+        outbox,
+        client,
+        ctx.clock,
+        wall=ctx.wall,
+        drain_seconds=2.0,
+        listeners=[lambda item, drink_id: _drink_recorded(bridge(), item, drink_id)],
+    )
+    side.tap_sync = TapSyncService(
+        client,
+        lambda change: side.core[0].feed(change),
+        ctx.options.core_config.taps,
+        ctx.clock,
+        # Held drinks wait for a tap: look for one as often as mid-pour.
+        pours_active=lambda: bool(
+            side.core and (side.core[0].core.pours or side.core[0].core.held)
+        ),
+        cache_path=ctx.state_dir / "taps.json",
+    )
+    side.services += [Closer("http-pool", client.close), OutboxService(outbox), side.delivery]
+    log.info(
+        "Kegbot Server at {url} ({key}); outbox in {dir}",
+        url=config["api_url"],
+        key="with an API key"
+        if config["api_key"]
+        else "no API key: set --api-key or $KEGBOT_API_KEY",
+        dir=str(ctx.state_dir),
+    )
+    return side
+
+
+def _drink_recorded(bridge: KegnetBridge | None, item: Any, drink_id: int) -> None:
+    if bridge is not None:
+        bridge.drink_recorded(item, drink_id)
+
+
+def _core_service(
+    ctx: Context,
+    server: ServerSide,
+    relay_driver: Callable[[str, bool], bool],
+    *,
+    with_bus: bool,
+    bridge: Callable[[], KegnetBridge | None],
+) -> CoreService:
+    """The core on the reactor clock; its effects go to the outbox, tap
+    sync (new boards) and the bus."""
+    outbox, delivery, tap_sync = server.outbox, server.delivery, server.tap_sync
 
     def to_outbox(effect: Effect) -> None:
         if isinstance(effect, RecordDrink):
@@ -284,72 +349,63 @@ def _core_side(
         if delivery is not None:
             delivery.wake()
 
-    core_service.listeners.append(to_outbox)
-    if bridge is not None:
-        bridge.feed_core = core_service.feed
-        bridge.core = core  # read only: taps and pours, for the token rules
-        core_service.listeners.append(bridge.core_effect)
-        core_service.relay_driver = bridge.relay_driver
+    def to_bus(effect: Effect) -> None:
+        current = bridge()
+        if current is not None:
+            current.core_effect(effect)
 
-    if client is None:
-        log.warn(
-            "No Kegbot Server (--api-url none): drinks stay in the outbox in {dir}",
-            dir=str(state_dir),
-        )
-    else:
-        log.info(
-            "Kegbot Server at {url} ({key}); outbox in {dir}",
-            url=config["api_url"],
-            key="with an API key"
-            if config["api_key"]
-            else "no API key: set --api-key or $KEGBOT_API_KEY",
-            dir=str(state_dir),
-        )
-    if not core.taps and client is None:
-        log.warn(
-            "No taps configured: ticks are counted but no pour is recorded. "
-            "Add [[taps]] to a --config file (see tap-configs/kegbot.toml)"
-        )
+    core = CoreService(
+        Core(ctx.options.core_config, first_flow_id=int(ctx.wall() * 1000)),
+        ctx.clock,
+        relay_driver=relay_driver,
+        token_resolver=server.token_resolver,
+        monotonic=ctx.monotonic,
+        wall=ctx.wall,
+        checkpoint_path=ctx.state_dir / "pours.json",
+        already_recorded=outbox.knows_flow,
+        listeners=[to_outbox, to_bus] if with_bus else [to_outbox],
+    )
+    server.core.append(core)
+    return core
 
 
-def _board_side(
-    top: KegbotService,
-    options: Options,
-    reactor: Any,
-    clock: IReactorTime,
-    bridge: KegnetBridge | None,
-) -> None:
-    """Simulated and real boards; their inputs go to the core and/or the bus."""
-    config = options.settings
-    core_service = top.core
-    board_specs = list(options.board_specs)
+def _boards(
+    ctx: Context, sinks: list[Callable[[BoardInput], None]]
+) -> tuple[list[IService], BoardService]:
+    """Real boards, and simulated ones on pseudo-terminals (``--simulate``),
+    which stop after the boards have closed."""
+    config = ctx.config
+    board_specs = list(ctx.options.board_specs)
+    simulated: list[IService] = []
     if config["simulate"]:
         from kegtwist.boards.service import BoardSpec
         from kegtwist.boards.simulated import SimulatedBoards
 
         # The simulated taps are file taps: options adds them to core_config.
-        simulated = SimulatedBoards(reactor, config["simulate"], config["simulate_pours"], clock)
-        simulated.setServiceParent(top)  # stops after the boards have closed
-        board_specs += [BoardSpec("path", path) for path in simulated.paths]
-
-    sinks: list[Callable[[BoardInput], None]] = []
-    if core_service is not None:
-        sinks.append(core_service.feed)
-    if bridge is not None:
-        sinks.append(bridge.board_input)
+        demo = SimulatedBoards(ctx.reactor, config["simulate"], config["simulate_pours"], ctx.clock)
+        simulated.append(demo)
+        board_specs += [BoardSpec("path", path) for path in demo.paths]
 
     def board_input(item: BoardInput) -> None:
         for sink in sinks:
             sink(item)
 
-    boards = BoardService(board_specs, sinks[0] if len(sinks) == 1 else board_input, reactor, clock)
-    top.boards = boards
-    if bridge is not None:
-        bridge.owns_board = boards.owns
-        bridge.set_local_relay = boards.set_relay
-    elif core_service is not None:
-        core_service.relay_driver = boards.set_relay
-    boards.setServiceParent(top)
+    boards = BoardService(
+        board_specs, sinks[0] if len(sinks) == 1 else board_input, ctx.reactor, ctx.clock
+    )
+    return simulated, boards
+
+
+def _manhole(ctx: Context, daemon: Callable[[], KegbotService]) -> IService:
+    from kegtwist.daemon.manhole import ManholeService
+    from kegtwist.daemon.namespace import namespace
+
+    return ManholeService(
+        ctx.config["manhole"],
+        ctx.config["manhole_keys"],
+        ctx.state_dir,
+        lambda: namespace(daemon()),
+    )
 
 
 def make_service(options: Options, reactor: Any | None = None) -> IService:

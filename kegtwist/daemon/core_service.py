@@ -26,7 +26,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +48,8 @@ from kegtwist.core import (
     SetRelay,
     TokenLookupResult,
 )
+from kegtwist.daemon.pour_log import iso, log_drink, log_pour
+from kegtwist.durable import write_atomic
 
 RelayDriver = Callable[[str, bool], bool]
 TokenResolver = Callable[[str, str], "defer.Deferred[TokenLookupResult]"]
@@ -59,18 +60,6 @@ CHECKPOINT_DELAY = 0.5
 def disk_retry_backoff() -> Backoff:
     """Retries of a failed checkpoint or journal write: 0.5 s doubling to 30 s."""
     return Backoff(initial=0.5, factor=2.0, maximum=30.0)
-
-
-def _write_all(write: Callable[[int, bytes], int], fd: int, data: bytes) -> None:
-    while data:
-        n = write(fd, data)
-        if n <= 0:
-            raise OSError(28, os.strerror(28))  # ENOSPC
-        data = data[n:]
-
-
-def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
 
 
 class CoreService(Service):
@@ -93,6 +82,7 @@ class CoreService(Service):
         write: Callable[[int, bytes], int] = os.write,
         fsync: Callable[[int], None] = os.fsync,
         retry_backoff: Backoff | None = None,
+        listeners: list[EffectListener] | None = None,
     ) -> None:
         self.core = core
         self.os_write = write  # the seams a disk fails through (tests)
@@ -112,7 +102,7 @@ class CoreService(Service):
         self.token_resolver = token_resolver
         self.monotonic = monotonic
         self.wall = wall
-        self.listeners: list[EffectListener] = []
+        self.listeners: list[EffectListener] = list(listeners or [])
         self._call: IDelayedCall | None = None
         self._scheduled: float | None = None
         self._stopped = False
@@ -271,7 +261,7 @@ class CoreService(Service):
         data = json.dumps(state, separators=(",", ":")).encode()
         if data != self._last_checkpoint:
             try:
-                self._write_atomic(self.checkpoint_path, data)
+                write_atomic(self.checkpoint_path, data, self.os_write, self.os_fsync)
             except OSError as e:
                 if self._checkpoint_error is None:
                     self.log.error(
@@ -290,28 +280,6 @@ class CoreService(Service):
             self._checkpoint_error = None
         self._durable_flows = {d.flow_id for d in self._pending}
         return True
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        tmp = path.with_suffix(".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                _write_all(self.os_write, fd, data)
-                self.os_fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                tmp.unlink()  # frees the space it took
-            except OSError:
-                pass
-            raise
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            self.os_fsync(fd)  # the rename itself
-        finally:
-            os.close(fd)
 
     def restore_checkpoint(self) -> None:
         """Resume pours and baselines a previous process left behind."""
@@ -365,20 +333,9 @@ class CoreService(Service):
             elif isinstance(effect, Notice):
                 getattr(self.log, effect.level)(effect.message, **effect.fields)
             elif isinstance(effect, PourUpdate):
-                self._log_pour(effect)
+                log_pour(self.log, effect)
             elif isinstance(effect, RecordDrink):
-                self.log.info(
-                    "Drink: flow {flow_id} on {meter}: {ticks} ticks, {volume_ml:.1f} mL, "
-                    "{user}, {start} to {end} ({reason})",
-                    flow_id=effect.flow_id,
-                    meter=effect.meter_name,
-                    ticks=effect.ticks,
-                    volume_ml=effect.volume_ml,
-                    user=effect.username or "guest",
-                    start=_iso(effect.start_wall),
-                    end=_iso(effect.end_wall),
-                    reason=effect.reason,
-                )
+                log_drink(self.log, effect)
             elif isinstance(effect, SensorState):
                 self.log.warn(
                     "Temperature sensor {sensor} {state}",
@@ -423,32 +380,6 @@ class CoreService(Service):
 
         d.addErrback(failed)
         d.addCallback(self.feed)
-
-    def _log_pour(self, effect: PourUpdate) -> None:
-        pour = effect.pour
-        if effect.state == "completed":
-            self.log.info(
-                "Pour {flow_id} on {meter} ended ({reason}): {ticks} ticks, {volume_ml:.1f} mL{extra}",
-                flow_id=pour.flow_id,
-                meter=pour.meter_name,
-                reason=effect.reason,
-                ticks=pour.ticks,
-                volume_ml=pour.volume_ml,
-                extra=""
-                if effect.recorded
-                else ", held until its meter has a tap"
-                if effect.held
-                else ", not recorded (too small)",
-            )
-        elif pour.ticks == 0 or pour.duration_seconds == 0:
-            self.log.info(
-                "Pour {flow_id} on {meter} started ({user})",
-                flow_id=pour.flow_id,
-                meter=pour.meter_name,
-                user=pour.username or "anonymous",
-            )
-        else:
-            self.log.debug("Pour {flow_id}: {ticks} ticks", flow_id=pour.flow_id, ticks=pour.ticks)
 
     # lifecycle
 
@@ -509,8 +440,8 @@ class CoreService(Service):
                 ticks=drink.ticks,
                 volume_ml=drink.volume_ml,
                 user=drink.username or "guest",
-                start=_iso(drink.start_wall),
-                end=_iso(drink.end_wall),
+                start=iso(drink.start_wall),
+                end=iso(drink.end_wall),
             )
 
     def status(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
@@ -120,26 +120,44 @@ def localhost_by_default(endpoint: str) -> str:
     return endpoint
 
 
-def manhole_service(
-    endpoint: str,
-    keys_path: str | Path,
-    state_dir: Path,
-    namespace: Callable[[], dict[str, Any]],
-) -> IService:
-    """An SSH manhole; ``namespace`` is called per session (fresh globals)."""
-    authorized = load_authorized_keys(keys_path)
-    checker = SSHPublicKeyChecker(AuthorizedKeys(authorized))
-    realm: Any = manhole_ssh.TerminalRealm()
-    realm.sessionFactory = TerminalSession
+class ManholeService(Service):
+    """An SSH manhole; ``namespace`` is called per session (fresh globals).
 
-    def session() -> insults.ServerProtocol:
-        return insults.ServerProtocol(manhole.ColoredManhole, namespace())
+    The authorised keys are read when it is built (a missing or empty file
+    stops start-up with one line); the host key is read or made, and the
+    port opened, only in :meth:`startService`, after twistd has dropped
+    privileges, so the key file belongs to the daemon's user."""
 
-    realm.chainedProtocolFactory = session
-    factory: Any = manhole_ssh.ConchFactory(portal.Portal(realm, [checker]))
-    key = host_key(state_dir)
-    # Instance dicts: ConchFactory's class-level ones are shared by all.
-    factory.publicKeys = {key.sshType(): key.public()}
-    factory.privateKeys = {key.sshType(): key}
-    service: IService = strports.service(localhost_by_default(endpoint), factory)
-    return service
+    name = "manhole"
+
+    def __init__(
+        self,
+        endpoint: str,
+        keys_path: str | Path,
+        state_dir: Path,
+        namespace: Callable[[], dict[str, Any]],
+    ) -> None:
+        authorized = load_authorized_keys(keys_path)
+        checker = SSHPublicKeyChecker(AuthorizedKeys(authorized))
+        realm: Any = manhole_ssh.TerminalRealm()
+        realm.sessionFactory = TerminalSession
+
+        def session() -> insults.ServerProtocol:
+            return insults.ServerProtocol(manhole.ColoredManhole, namespace())
+
+        realm.chainedProtocolFactory = session
+        self.factory: Any = manhole_ssh.ConchFactory(portal.Portal(realm, [checker]))
+        self.state_dir = state_dir
+        self.listener: IService = strports.service(localhost_by_default(endpoint), self.factory)
+
+    def startService(self) -> None:
+        key = host_key(self.state_dir)
+        # Instance dicts: ConchFactory's class-level ones are shared by all.
+        self.factory.publicKeys = {key.sshType(): key.public()}
+        self.factory.privateKeys = {key.sshType(): key}
+        super().startService()
+        self.listener.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.listener.stopService()

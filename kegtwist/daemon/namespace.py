@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from kegtwist.core import ManualValve
 
 if TYPE_CHECKING:
-    from kegtwist.daemon.compose import KegbotService
     from kegtwist.daemon.core_service import CoreService
+    from kegtwist.daemon.lifecycle import KegbotService
     from kegtwist.delivery.outbox import Outbox
 
 

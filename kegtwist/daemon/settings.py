@@ -12,9 +12,8 @@ dashes as underscores, e.g. ``kegboard = ["/dev/ttyUSB0"]``) and the tables
 
 from __future__ import annotations
 
-import math
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,118 +26,50 @@ from kegtwist.core.config import (
     PourSettings,
     TapConfig,
 )
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased for the person who wrote the file."""
-
-
-Check = Callable[[str, Any], Any]
-
-
-def _number(
-    minimum: float | None = None, positive: bool = False, maximum: float | None = None
-) -> Check:
-    """A finite number; ``maximum`` bounds what would switch a guard off
-    (an idle time of 1e308 s, a ghost guard of 1e12 s)."""
-
-    def check(where: str, value: Any) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        low = "0 (exclusive)" if positive else f"{minimum:g}" if minimum is not None else None
-        span = f" (range {low} to {maximum:g})" if low is not None and maximum is not None else ""
-        if positive and value <= 0:
-            raise ConfigError(f"{where}: must be greater than 0, got {value!r}{span}")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{where}: must be at least {minimum:g}, got {value!r}{span}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{where}: must be at most {maximum:g}, got {value!r}{span}")
-        return float(value)
-
-    return check
-
-
-def _integer(minimum: int = 0) -> Check:
-    def check(where: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
-        if value < minimum:
-            raise ConfigError(f"{where}: must be at least {minimum}, got {value!r}")
-        return value
-
-    return check
-
-
-def _string(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _boolean(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    return value
-
-
-def _string_list(where: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _choice(*choices: str) -> Check:
-    def check(where: str, value: Any) -> str:
-        if value not in choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    return check
-
+from kegtwist.daemon.checks import (
+    Check,
+    ConfigError,
+    boolean,
+    choice,
+    integer,
+    number,
+    string,
+    string_list,
+)
+from kegtwist.daemon.option_table import OPTIONS
 
 MAX_IDLE_SECONDS = 3600.0
 MAX_POUR_SECONDS = 86400.0
 MAX_ML_PER_TICK = 100.0
 
 POURS: dict[str, Check] = {
-    "idle_seconds": _number(positive=True, maximum=MAX_IDLE_SECONDS),
-    "min_volume_ml": _number(minimum=0),
-    "max_delta_ticks": _integer(minimum=1),
-    "max_pour_seconds": _number(positive=True, maximum=MAX_POUR_SECONDS),
-    "valve_refresh_seconds": _number(positive=True),
-    "fresh_boot_seconds": _number(minimum=0),
-    "untapped_hold_hours": _number(positive=True),
+    "idle_seconds": number(positive=True, maximum=MAX_IDLE_SECONDS),
+    "min_volume_ml": number(minimum=0),
+    "max_delta_ticks": integer(minimum=1),
+    "max_pour_seconds": number(positive=True, maximum=MAX_POUR_SECONDS),
+    "valve_refresh_seconds": number(positive=True),
+    "fresh_boot_seconds": number(minimum=0),
+    "untapped_hold_hours": number(positive=True),
 }
 AUTH: dict[str, Check] = {
-    "offline_policy": _choice("deny", "cached"),
-    "offline_cache_seconds": _number(minimum=0),
+    "offline_policy": choice("deny", "cached"),
+    "offline_cache_seconds": number(minimum=0),
 }
 AUTH_DEVICE: dict[str, Check] = {
-    "captive": _boolean,
-    "idle_seconds": _number(positive=True, maximum=MAX_IDLE_SECONDS),
-    "max_volume_ml": _number(positive=True),
-    "taps": _string_list,
+    "captive": boolean,
+    "idle_seconds": number(positive=True, maximum=MAX_IDLE_SECONDS),
+    "max_volume_ml": number(positive=True),
+    "taps": string_list,
 }
 TAP: dict[str, Check] = {
-    "meter": _string,
-    "ml_per_tick": _number(positive=True, maximum=MAX_ML_PER_TICK),
-    "relay": _string,
-    "name": _string,
+    "meter": string,
+    "ml_per_tick": number(positive=True, maximum=MAX_ML_PER_TICK),
+    "relay": string,
+    "name": string,
 }
 
-# Daemon options the file may set; options.py registers its own here.
-OPTION_CHECKS: dict[str, Check] = {}
-
-
-def option(name: str, check: Check) -> None:
-    """Let the config file set command-line option ``name``."""
-    OPTION_CHECKS[name] = check
+# Daemon options the file may set: the option table's, by name.
+OPTION_CHECKS: dict[str, Check] = {option.name: option.check for option in OPTIONS}
 
 
 @dataclass

@@ -1,1 +1,1 @@
-"""Drinks to the Kegbot Server: outbox, client, delivery, tap sync."""
+"""Drinks to the Kegbot Server: outbox (records, journal), policy, client, delivery, tap sync."""

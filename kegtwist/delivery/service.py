@@ -1,28 +1,27 @@
 """Delivers the outbox to the Kegbot Server, exactly once, forever.
 
-One item at a time, in pour order: the Kegbot Server API has no idempotency
-key, so the exactly-once rule lives here.
+The thin Twisted loop that carries out :mod:`kegtwist.delivery.policy`
+(what to do about each outcome: the rules, pure, and their table) with the
+outbox (:mod:`kegtwist.delivery.outbox`: every step journaled before it is
+taken) and the client (:mod:`kegtwist.delivery.client`).  One item at a
+time, in pour order: the Kegbot Server API has no idempotency key, so the
+exactly-once rule lives on our side.
 
 * Before a drink is sent, the outbox journals ``sending``.  A request whose
   outcome is unknown (timeout, dropped connection, a 5xx that may come from
   a proxy after the server committed, or a crash mid-request) leaves the
   drink *uncertain*.
 * An uncertain drink is never simply re-sent: first the newest drinks on the
-  server (GET /api/drinks) are searched for it.  The match rule: the same
-  ``time`` to the microsecond (we send ``record_date`` with microseconds and
-  the server stores that instant exactly; the outbox never gives two pending
-  drinks the same one), the same ticks, and the same drinker (guest for
-  none).  Two real pours cannot share all three.  Found: delivered.  Not
+  server (GET /api/drinks) are searched for it
+  (:func:`kegtwist.protocol.server_api.matches`: the same time to the
+  microsecond, the same ticks, the same drinker).  Found: delivered.  Not
   found: sent again.
-* Unreachable (the request never left) and a refused key (401) are certain
-  failures: the drink stays pending, nothing is lost, and the key problem is
-  logged loudly, once.
-* Permanent refusals (unknown or inactive meter, no keg on the tap, a bad
-  field) go to the dead-letter store with the server's reason, logged at
-  error level; an unknown drinker is re-posted as a guest pour so the beer
-  still counts on the keg, the original drinker kept in a dead-letter note.
-* Everything else is retried with exponential backoff and jitter, capped at
-  3 minutes, for as long as it takes.
+* A failure the policy retries waits out the backoff (1 s doubling to
+  3 minutes, with jitter) and the same item is tried again, for as long as
+  it takes; a dead letter or a guest re-post moves on at once.  The server
+  being down, or refusing the key, is logged once, not at every retry.
+* A journal step the disk refuses (full, EIO) applied nothing: the same
+  step is tried again after the backoff.
 * On stop (``drain_seconds``), whatever is pending, the drinks of the pours
   the stop ended included, gets one more go at once, whatever happened
   before (no answer yet, a backoff wait): it ends when the outbox is empty,
@@ -30,9 +29,7 @@ key, so the exactly-once rule lives here.
   cancelled (uncertain once it has left, certain if it never connected).
 
 Temperatures are best effort: a permanent refusal drops one, and one older
-than ``stale_temperature_seconds`` is dropped unsent, because the server
-stamps readings with its own clock (``when`` is ignored) and a late one
-would be misdated.
+than ``stale_temperature_seconds`` is dropped unsent (the policy says why).
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -48,24 +45,27 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from kegtwist.backoff import Backoff
-from kegtwist.delivery.client import Drink, KegbotServerClient, ServerError
+from kegtwist.delivery import policy
 from kegtwist.delivery.outbox import DrinkItem, Outbox, TemperatureItem
+from kegtwist.delivery.policy import STALE_TEMPERATURE_SECONDS, Action, Decision
+from kegtwist.protocol.server_api import Drink, ServerError, matches
+
+if TYPE_CHECKING:
+    from kegtwist.delivery.client import KegbotServerClient
+
+__all__ = [
+    "STALE_TEMPERATURE_SECONDS",
+    "DeliveryService",
+    "DrinkListener",
+    "delivery_backoff",
+    "matches",
+]
 
 DrinkListener = Callable[[DrinkItem, int], None]
-STALE_TEMPERATURE_SECONDS = 300.0
 
 
 def delivery_backoff() -> Backoff:
     return Backoff(initial=1.0, factor=2.0, maximum=180.0, jitter=0.5)
-
-
-def matches(item: DrinkItem, drink: Drink) -> bool:
-    """Is ``drink`` on the server the one ``item`` describes?"""
-    return (
-        drink.time == datetime.fromisoformat(item.record_date)
-        and drink.ticks == item.ticks
-        and (drink.username or None) == (item.username or None)
-    )
 
 
 class DeliveryService(Service):
@@ -84,6 +84,7 @@ class DeliveryService(Service):
         backoff: Backoff | None = None,
         stale_temperature_seconds: float = STALE_TEMPERATURE_SECONDS,
         drain_seconds: float = 0.0,
+        listeners: list[DrinkListener] | None = None,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -91,7 +92,7 @@ class DeliveryService(Service):
         self.wall = wall
         self.backoff = backoff if backoff is not None else delivery_backoff()
         self.stale_temperature_seconds = stale_temperature_seconds
-        self.listeners: list[DrinkListener] = []
+        self.listeners: list[DrinkListener] = list(listeners or [])
         self.state = "starting"  # ok, down, bad_key
         self.last_error: str | None = None
         self._wakeup: defer.Deferred[None] | None = None
@@ -223,7 +224,7 @@ class DeliveryService(Service):
 
     async def _deliver_drink(self, item: DrinkItem) -> None:
         outbox = self.outbox
-        if item.uncertain:
+        if policy.before_drink(item.uncertain).action is Action.LOOK_UP:
             found = await self._find_on_server(item)
             if found is not None:
                 self.log.info(
@@ -246,31 +247,11 @@ class DeliveryService(Service):
                 volume_ml=item.volume_ml if item.post_volume else None,
             )
         except ServerError as e:
-            if e.kind in ("unreachable", "bad_key"):
-                outbox.certain_not_recorded(item)
-                raise
-            if e.kind == "permanent":
-                if e.unknown_user and item.username:
-                    self.log.error(
-                        "Server does not know drinker {username}: flow {flow_id} re-posted as a guest pour "
-                        "(kept in the dead letters)",
-                        username=item.username,
-                        flow_id=item.flow_id,
-                    )
-                    outbox.as_guest(item, e.reason, e.status, self.wall())
-                    return
-                self.log.error(
-                    "Server refused the drink for flow {flow_id} on {meter} ({ticks} ticks): {reason}; "
-                    "kept in the dead letters",
-                    flow_id=item.flow_id,
-                    meter=item.meter_name,
-                    ticks=item.ticks,
-                    reason=e.reason,
-                )
-                outbox.dead_letter(item, e.reason, e.status, self.wall())
-                return
-            outbox.uncertain(item)
-            raise
+            decision = policy.drink_failed(e, item.username)
+            self._drink_failed(item, decision)
+            if decision.backs_off:
+                raise  # the loop waits out the backoff, then tries this item again
+            return
         outbox.delivered(item, drink.id)
         self.log.info(
             "Drink {drink_id} recorded: flow {flow_id} on {meter}, {ticks} ticks, {user}",
@@ -282,6 +263,34 @@ class DeliveryService(Service):
         )
         self._notify(item, drink.id)
 
+    def _drink_failed(self, item: DrinkItem, decision: Decision) -> None:
+        """Journal what the policy decided about a failed POST."""
+        outbox = self.outbox
+        if decision.action is Action.RETRY_CERTAIN:
+            outbox.certain_not_recorded(item)
+        elif decision.action is Action.RETRY_UNCERTAIN:
+            outbox.uncertain(item)
+        elif decision.action is Action.GUEST_REPOST:
+            self.log.error(
+                "Server does not know drinker {username}: flow {flow_id} re-posted as a guest pour "
+                "(kept in the dead letters)",
+                username=item.username,
+                flow_id=item.flow_id,
+            )
+            outbox.as_guest(item, decision.reason, decision.status, self.wall())
+        elif decision.action is Action.DEAD_LETTER:
+            self.log.error(
+                "Server refused the drink for flow {flow_id} on {meter} ({ticks} ticks): {reason}; "
+                "kept in the dead letters",
+                flow_id=item.flow_id,
+                meter=item.meter_name,
+                ticks=item.ticks,
+                reason=decision.reason,
+            )
+            outbox.dead_letter(item, decision.reason, decision.status, self.wall())
+        else:
+            raise ValueError(f"not what to do about a failed drink: {decision}")
+
     async def _find_on_server(self, item: DrinkItem) -> Drink | None:
         for drink in await self.client.recent_drinks():
             if matches(item, drink):
@@ -289,22 +298,25 @@ class DeliveryService(Service):
         return None
 
     async def _deliver_temperature(self, item: TemperatureItem) -> None:
-        age = self.wall() - item.wall
-        if age > self.stale_temperature_seconds:
-            self.outbox.drop(item, f"stale: {age:.0f} s old")
+        decision = policy.before_temperature(
+            self.wall() - item.wall, self.stale_temperature_seconds
+        )
+        if decision.action is Action.DROP:
+            self.outbox.drop(item, decision.reason)
             return
         try:
             await self.client.record_temperature(item.sensor_name, item.celsius)
         except ServerError as e:
-            if e.kind == "permanent":
-                self.log.warn(
-                    "Server refused temperature of {sensor}: {reason}",
-                    sensor=item.sensor_name,
-                    reason=e.reason,
-                )
-                self.outbox.drop(item, e.reason)
-                return
-            raise
+            decision = policy.temperature_failed(e)
+            if decision.backs_off:
+                raise
+            self.log.warn(
+                "Server refused temperature of {sensor}: {reason}",
+                sensor=item.sensor_name,
+                reason=decision.reason,
+            )
+            self.outbox.drop(item, decision.reason)
+            return
         self.outbox.delivered(item)
 
     # reporting
@@ -327,7 +339,7 @@ class DeliveryService(Service):
         self.last_error = None
 
     def _failed(self, error: ServerError) -> None:
-        state = "bad_key" if error.kind == "bad_key" else "down"
+        state = policy.health(error)
         self.last_error = error.reason
         if state != self.state:
             if state == "bad_key":

@@ -19,7 +19,6 @@ at the next refresh.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +30,7 @@ from twisted.logger import Logger
 
 from kegtwist.core import TapConfig, TapsChanged
 from kegtwist.delivery.client import KegbotServerClient, ServerError, Tap
+from kegtwist.durable import write_atomic
 
 REFRESH_SECONDS = 60.0
 ACTIVE_REFRESH_SECONDS = 10.0
@@ -92,12 +92,7 @@ def save_tap_cache(path: Path, taps: tuple[TapConfig, ...]) -> None:
         {"meter": t.meter, "ml_per_tick": t.ml_per_tick, "relay": t.relay, "name": t.name}
         for t in taps
     ]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps({"version": 1, "taps": rows}, indent=1).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"version": 1, "taps": rows}, indent=1).encode())
 
 
 class TapSyncService(Service):

@@ -9,14 +9,10 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
+from kegtwist.boards.link import BoardLink, FrameObserver, Opener
 from kegtwist.boards.serial_lock import PortInUseError
-from kegtwist.boards.service import (
-    BoardLink,
-    BoardService,
-    FrameObserver,
-    Opener,
-    parse_board_specs,
-)
+from kegtwist.boards.service import BoardService
+from kegtwist.boards.spec import parse_board_specs
 from kegtwist.core.inputs import BoardConnected, BoardInput
 
 DEFAULT_TIMEOUT = 10.0

@@ -7,8 +7,8 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
+from kegtwist.boards.link import BoardLink
 from kegtwist.boards.serial_lock import PortInUseError
-from kegtwist.boards.service import BoardLink
 from kegtwist.protocol import kbsp
 from kegtwist.tools.common import FirstBoard, in_use, run, timestamp
 

@@ -24,7 +24,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-from kegtwist.daemon.options import default_state_dir
+from kegtwist.daemon.option_table import default_state_dir
 from kegtwist.delivery.outbox import (
     QUARANTINE,
     DrinkItem,

@@ -12,8 +12,8 @@ from typing import Any, TextIO
 from twisted.internet import defer
 
 from kegtwist.boards import naming
+from kegtwist.boards.link import BoardLink
 from kegtwist.boards.serial_lock import PortInUseError
-from kegtwist.boards.service import BoardLink
 from kegtwist.protocol import kbsp
 from kegtwist.tools.common import DEFAULT_TIMEOUT, FirstBoard, fail, in_use, run
 
