@@ -6,17 +6,26 @@ and it executes effects: valve commands go to a relay driver (the board
 service, or Kegnet in the ``core`` role), token lookups to a resolver (the
 Kegbot Server), and everything else to listeners (logs, the outbox, Kegnet).
 
+Effects run at once (a valve closes without waiting for any disk); the
+checkpoint is serialized on the reactor and written by a
+:class:`~kegtwist.durable.Writer` (in the daemon, a thread of its own): at
+most one write in flight, and whatever changed meanwhile is written right
+after it (group commit).
+
 A drink is logged when its pour ends and is never lost or counted twice,
 whatever the disk does.  It is *pending* in this service's memory until
-the listeners (the outbox) have it, and it is handed to them only once a
-checkpoint holding it is durable: the checkpoint's baselines already
+the listeners (the outbox) have it durably, and it is handed to them only
+once a checkpoint holding it is durable: the checkpoint's baselines already
 include the drink's ticks, so a drink journaled against an older checkpoint
-(which a restart would count again) cannot happen.  While the checkpoint
-cannot be written (disk full, EIO, read-only) the drink waits; while the
-journal append fails it waits too, still listed in the checkpoint's
-``drinks`` (a restart records it from there, unless the outbox already
-knows its flow).  Both are retried with backoff while pours go on.  A stop
-with drinks still pending says so at error level (``unwritten``).
+(which a restart would count again) cannot happen.  It leaves the
+checkpoint's ``drinks`` only once the outbox says its record is durable
+(``outbox_durable``).  While the checkpoint cannot be written (disk full,
+EIO, read-only) the drink waits; while the journal append fails it waits
+too, still listed in the checkpoint's ``drinks`` (a restart records it from
+there, unless the outbox already knows its flow).  Both are retried with
+backoff while pours go on.  A stop waits for the writes under way (at most
+``STOP_WRITE_SECONDS``); drinks still pending then are said at error level
+(``unwritten``).
 """
 
 from __future__ import annotations
@@ -49,12 +58,13 @@ from kegtwist.core import (
     TokenLookupResult,
 )
 from kegtwist.daemon.pour_log import iso, log_drink, log_pour
-from kegtwist.durable import write_atomic
+from kegtwist.durable import SyncWriter, Writer, write_atomic
 
 RelayDriver = Callable[[str, bool], bool]
 TokenResolver = Callable[[str, str], "defer.Deferred[TokenLookupResult]"]
 EffectListener = Callable[[Effect], None]
 CHECKPOINT_DELAY = 0.5
+STOP_WRITE_SECONDS = 5.0  # a stop waits this long for the checkpoint and the outbox
 
 
 def disk_retry_backoff() -> Backoff:
@@ -83,10 +93,24 @@ class CoreService(Service):
         fsync: Callable[[int], None] = os.fsync,
         retry_backoff: Backoff | None = None,
         listeners: list[EffectListener] | None = None,
+        writer: Writer | None = None,
+        outbox_durable: Callable[[], defer.Deferred[None]] | None = None,
     ) -> None:
+        """``writer`` writes the checkpoint (default: at once, for tests);
+        ``outbox_durable`` fires once what the listeners wrote is durable
+        (the outbox's ``durable``; None: once they return)."""
         self.core = core
         self.os_write = write  # the seams a disk fails through (tests)
         self.os_fsync = fsync
+        self.writer = writer if writer is not None else SyncWriter()
+        self.outbox_durable = outbox_durable
+        self._writing = False  # a checkpoint write is in flight
+        self._dirty = False  # write again once it is done
+        self._drinks_ended = False  # write at once, not in CHECKPOINT_DELAY
+        self._handing = False  # a hand-over is under way (awaiting the outbox)
+        self._warned: set[int] = set()  # drinks said to wait for the checkpoint
+        self._settle_waiters: list[defer.Deferred[None]] = []
+        self._stopping = False
         self._backoff = retry_backoff if retry_backoff is not None else disk_retry_backoff()
         self._retry_call: IDelayedCall | None = None
         self._pending: list[RecordDrink] = []  # logged, not yet handed to the listeners
@@ -117,7 +141,7 @@ class CoreService(Service):
     def feed(self, item: CoreInput) -> None:
         """One input, now.  Safe to call from any callback, effects included:
         an input that arrives while effects run waits for them to finish."""
-        if self._stopped:
+        if self._stopping:
             return
         if self._before_start is not None:
             # Inputs before the checkpoint is restored (cached taps) wait for it.
@@ -131,7 +155,7 @@ class CoreService(Service):
     def _wake(self) -> None:
         self._call = None
         self._scheduled = None
-        if not self._stopped:
+        if not self._stopping:
             self._run(lambda: self.core.advance(self.monotonic(), self.wall()))
 
     def _run(self, step: Callable[[], list[Effect]]) -> None:
@@ -144,10 +168,14 @@ class CoreService(Service):
         finally:
             self._busy = False
         self._reschedule()
-        self._checkpoint_soon()
+        if self._drinks_ended:
+            self._drinks_ended = False
+            self.write_checkpoint()  # at once: the drinks wait for it
+        else:
+            self._checkpoint_soon()
 
     def _commit(self, effects: list[Effect]) -> None:
-        """Run effects; a pour that ended is made durable first.
+        """Run effects at once; a pour that ended is made durable after.
 
         The checkpoint holds meter baselines.  If it lagged behind a drink
         the outbox already holds, a restart would count that drink's ticks
@@ -157,61 +185,90 @@ class CoreService(Service):
         baselines *and the drinks themselves*, and only once it is durable
         do the drinks go to the outbox; a crash between the two re-adds them
         on restart, unless the outbox already knows their flow.  Until then
-        they are pending here (see the module docstring)."""
+        they are pending here (see the module docstring).  Valve commands,
+        lookups and logs do not wait for any of it."""
         drinks = [e for e in effects if isinstance(e, RecordDrink)]
         if drinks:
             self._pending.extend(drinks)
-            if not self.write_checkpoint():
-                waiting = [d for d in self._pending if d.flow_id not in self._durable_flows]
-                if waiting:
-                    self.log.warn(
-                        "{count} drink(s) wait in memory for the checkpoint (flow {flows})",
-                        count=len(waiting),
-                        flows=", ".join(str(d.flow_id) for d in waiting),
-                    )
+            self._drinks_ended = True
         self._execute(effects)
-        if drinks:
-            self._hand_over()
 
     # durability
 
     def _hand_over(self) -> None:
         """Pending drinks to the listeners, in order, each once a durable
-        checkpoint holds it.  A listener's ``OSError`` (the outbox could not
-        journal it) keeps it, and the ones after it, pending for a retry."""
-        handed = 0
+        checkpoint holds it; they leave ``_pending`` (and so the checkpoint)
+        once ``outbox_durable`` fires.  A listener's ``OSError`` (the outbox
+        could not journal it) keeps it, and the ones after it, pending for a
+        retry.  One hand-over at a time."""
+        if self._handing or self._stopped:
+            return
+        self._handing = True
+        handed: list[RecordDrink] = []
         failed: OSError | None = None
-        while self._pending:
-            drink = self._pending[0]
-            if drink.flow_id not in self._durable_flows:
-                self._schedule_retry()  # its checkpoint is not durable yet
-                break
-            if not self.already_recorded(drink.flow_id):  # (a retry after a partial success)
-                try:
-                    self._notify(drink)
-                except OSError as e:
-                    failed = e
-                    break
-            self._pending.pop(0)
-            handed += 1
+        try:
+            for drink in self._pending:
+                if drink.flow_id not in self._durable_flows:
+                    break  # its checkpoint is not durable yet: written, or to be retried
+                if not self.already_recorded(drink.flow_id):  # (a retry after a partial success)
+                    try:
+                        self._notify(drink)
+                    except OSError as e:
+                        failed = e
+                        break
+                handed.append(drink)
+        except BaseException:
+            self._handing = False
+            raise
         if failed is not None:
             if self._handover_error is None:
                 self.log.error(
                     "Cannot write the drink for flow {flow_id} to the outbox ({error}); "
                     "{count} drink(s) wait in memory and in the checkpoint, retrying with backoff",
-                    flow_id=self._pending[0].flow_id,
+                    flow_id=self._pending[len(handed)].flow_id,
                     error=failed,
-                    count=len(self._pending),
+                    count=len(self._pending) - len(handed),
                 )
             self._handover_error = str(failed)
             self._schedule_retry()
-        elif handed and self._handover_error is not None:
+        if not handed:
+            self._handing = False
+            self._check_settled()
+            return
+        if self.outbox_durable is None:
+            self._handed(handed, clean=failed is None)
+            return
+        try:
+            durable = self.outbox_durable()
+        except Exception:
+            durable = defer.fail()
+        durable.addCallbacks(
+            lambda _: self._handed(handed, clean=failed is None), self._outbox_wait_failed
+        )
+
+    def _handed(self, drinks: list[RecordDrink], *, clean: bool) -> None:
+        """The outbox holds ``drinks`` durably: the checkpoint may forget them."""
+        self._handing = False
+        gone = {id(d) for d in drinks}
+        self._pending = [d for d in self._pending if id(d) not in gone]
+        if clean and self._handover_error is not None:
             self.log.info(
-                "Outbox writable again: {count} waiting drink(s) written to it", count=handed
+                "Outbox writable again: {count} waiting drink(s) written to it", count=len(drinks)
             )
             self._handover_error = None
-        if handed:
-            self._checkpoint_soon()  # the checkpoint need not hold them any more
+        self._checkpoint_soon()  # the checkpoint need not hold them any more
+        self._maybe_reset_backoff()
+        self._hand_over()  # those whose checkpoint became durable meanwhile
+        self._check_settled()
+
+    def _outbox_wait_failed(self, failure: Failure) -> None:
+        # Never expected (the outbox retries its own writes): the drinks
+        # stay pending, and a retry awaits the outbox again.
+        self._handing = False
+        if not failure.check(defer.CancelledError):
+            self.log.failure("Waiting for the outbox failed", failure)
+        self._schedule_retry()
+        self._check_settled()
 
     def _notify(self, drink: RecordDrink) -> None:
         for listener in self.listeners:
@@ -223,17 +280,17 @@ class CoreService(Service):
                 self.log.failure("Effect listener failed on {effect}", effect=drink)
 
     def _schedule_retry(self) -> None:
-        if self._stopped or (self._retry_call is not None and self._retry_call.active()):
+        if self._stopping or (self._retry_call is not None and self._retry_call.active()):
             return
         self._retry_call = self.clock.callLater(self._backoff.next_delay(), self._retry)
 
     def _retry(self) -> None:
         self._retry_call = None
-        if self._stopped:
-            return
-        if self.write_checkpoint():
-            self._hand_over()
-        if self._checkpoint_error is None and not self._pending:
+        if not self._stopping:
+            self.write_checkpoint()  # then the hand-over, whether or not it is written
+
+    def _maybe_reset_backoff(self) -> None:
+        if self._checkpoint_error is None and self._handover_error is None:
             self._backoff.reset()
 
     # crash safety
@@ -241,45 +298,113 @@ class CoreService(Service):
     def _checkpoint_soon(self) -> None:
         """Keep the checkpoint at most CHECKPOINT_DELAY old while things change
         (while writing it fails, the backoff retry does it instead)."""
-        if self.checkpoint_path is None or self._stopped or self._checkpoint_error is not None:
+        if self.checkpoint_path is None or self._stopping or self._checkpoint_error is not None:
             return
         if self._checkpoint_call is None or not self._checkpoint_call.active():
             self._checkpoint_call = self.clock.callLater(CHECKPOINT_DELAY, self.write_checkpoint)
 
-    def write_checkpoint(self) -> bool:
-        """Baselines, open pours and pending drinks, written atomically (tmp,
-        fsync, rename, fsync of the directory).  False if the disk refused
-        it: the previous checkpoint stays, and a retry is scheduled."""
+    def write_checkpoint(self) -> None:
+        """Baselines, open pours and pending drinks, serialized now and
+        written atomically by the writer (tmp, fsync, rename, fsync of the
+        directory); while a write is in flight, right after it.  Then the
+        drinks it holds are handed over.  If the disk refuses it, the
+        previous checkpoint stays, and a retry is scheduled."""
         if self._checkpoint_call is not None and self._checkpoint_call.active():
             self._checkpoint_call.cancel()
         self._checkpoint_call = None
+        if self._writing:
+            self._dirty = True
+            return
         if self.checkpoint_path is None:
             self._durable_flows = {d.flow_id for d in self._pending}
-            return True
+            self._hand_over()
+            return
         state = self.core.checkpoint()
         state["drinks"] = [asdict(d) for d in self._pending]
+        flows = {d.flow_id for d in self._pending}
         data = json.dumps(state, separators=(",", ":")).encode()
-        if data != self._last_checkpoint:
-            try:
-                write_atomic(self.checkpoint_path, data, self.os_write, self.os_fsync)
-            except OSError as e:
-                if self._checkpoint_error is None:
-                    self.log.error(
-                        "Cannot write checkpoint {path} ({error}); retrying with backoff. "
-                        "Until it is written, drinks that end wait in memory, not in the outbox",
-                        path=str(self.checkpoint_path),
-                        error=e,
-                    )
-                self._checkpoint_error = str(e)
-                self._last_checkpoint = None  # what is on disk is unknown now
-                self._schedule_retry()
-                return False
-            self._last_checkpoint = data
+        if data == self._last_checkpoint:
+            self._written(data, flows)
+            return
+        self._writing = True
+        written = self.writer.submit(
+            write_atomic, self.checkpoint_path, data, self.os_write, self.os_fsync
+        )
+        written.addCallbacks(
+            lambda _: self._written(data, flows), self._write_failed, errbackArgs=(flows,)
+        )
+
+    def _written(self, data: bytes, flows: set[int]) -> None:
+        self._writing = False
+        self._last_checkpoint = data
         if self._checkpoint_error is not None:
             self.log.info("Checkpoint {path} written again", path=str(self.checkpoint_path))
             self._checkpoint_error = None
-        self._durable_flows = {d.flow_id for d in self._pending}
-        return True
+        pending = {d.flow_id for d in self._pending}
+        self._durable_flows = (self._durable_flows | flows) & pending
+        self._warned &= pending
+        self._hand_over()  # first: the outbox's write goes before the next checkpoint's
+        if self._dirty:
+            self._dirty = False
+            self.write_checkpoint()  # what changed while it was written
+        self._maybe_reset_backoff()
+        self._check_settled()
+
+    def _write_failed(self, failure: Failure, flows: set[int]) -> None:
+        self._writing = False
+        self._dirty = False  # the retry writes the newest state
+        error = failure.value
+        if not isinstance(error, OSError):
+            self.log.failure("Writing the checkpoint failed", failure)
+        if self._checkpoint_error is None:
+            self.log.error(
+                "Cannot write checkpoint {path} ({error}); retrying with backoff. "
+                "Until it is written, drinks that end wait in memory, not in the outbox",
+                path=str(self.checkpoint_path),
+                error=error,
+            )
+        self._checkpoint_error = str(error)
+        self._last_checkpoint = None  # what is on disk is unknown now
+        waiting = [
+            d
+            for d in self._pending
+            if d.flow_id not in self._durable_flows and d.flow_id not in self._warned
+        ]
+        if waiting:
+            self.log.warn(
+                "{count} drink(s) wait in memory for the checkpoint (flow {flows})",
+                count=len(waiting),
+                flows=", ".join(str(d.flow_id) for d in waiting),
+            )
+            self._warned.update(d.flow_id for d in waiting)
+        self._schedule_retry()
+        self._hand_over()  # drinks an earlier checkpoint holds may go all the same
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        if self._writing or self._handing:
+            return
+        waiters, self._settle_waiters = self._settle_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
+    def _settled(self, seconds: float) -> defer.Deferred[None]:
+        """Fires once no checkpoint write and no hand-over is under way,
+        or after ``seconds`` (said at warning level)."""
+        if not (self._writing or self._handing):
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._settle_waiters.append(waiter)
+
+        def late(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            self.log.warn(
+                "Stopping: the checkpoint or the outbox still being written after {seconds} s",
+                seconds=seconds,
+            )
+
+        return waiter.addTimeout(seconds, self.clock).addErrback(late)
 
     def restore_checkpoint(self) -> None:
         """Resume pours and baselines a previous process left behind."""
@@ -391,25 +516,36 @@ class CoreService(Service):
             self.feed(item)
 
     def stopService(self) -> defer.Deferred[None] | None:
-        """End pours (recorded) and close every valve the core opened."""
+        """End pours (recorded) and close every valve the core opened at
+        once; then wait (at most ``STOP_WRITE_SECONDS``) for the checkpoint
+        and the outbox to hold them."""
         super().stopService()
-        if self._stopped:
+        if self._stopping:
             return None
+        self._stopping = True  # no input from now on
         effects = self.core.shutdown(self.monotonic(), self.wall())
         self.closed_at_shutdown = {
             e.relay_name for e in effects if isinstance(e, SetRelay) and not e.on
         }
-        self._commit(effects)
-        if self._pending and self.write_checkpoint():
-            self._hand_over()  # one last go for drinks that waited
-        self._stopped = True
-        self.write_checkpoint()  # baselines, and whatever is still pending
-        for call in (self._call, self._retry_call, self._checkpoint_call):
+        for call in (self._call, self._checkpoint_call, self._retry_call):
             if call is not None and call.active():
                 call.cancel()
         self._call = self._retry_call = self._checkpoint_call = None
+        self._commit(effects)
+        return defer.Deferred.fromCoroutine(self._finish_stop())
+
+    async def _finish_stop(self) -> None:
+        self._drinks_ended = False
+        self.write_checkpoint()  # the drinks the stop ended, and the ones that waited
+        await self._settled(STOP_WRITE_SECONDS)
+        if self._pending and not (self._writing or self._handing):
+            self.write_checkpoint()  # one last go for drinks that waited
+            await self._settled(STOP_WRITE_SECONDS)
+        self._stopped = True  # no hand-over from now on
+        if not (self._writing or self._handing):
+            self.write_checkpoint()  # baselines, and whatever is still pending
+            await self._settled(STOP_WRITE_SECONDS)
         self._report_unwritten()
-        return None
 
     def _report_unwritten(self) -> None:
         """Drinks the outbox never got: how many, at error level, and where

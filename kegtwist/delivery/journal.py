@@ -18,6 +18,13 @@ The journal is ``outbox.jsonl`` in the state directory, one record per line
   (which would erase it) waits.
 * **Rewrites are atomic** (tmp, fsync, rename, directory fsync): a failed
   one leaves the old journal whole.
+* **Off the reactor thread.**  Appends, rewrites and the final fsync run on
+  the host's :class:`~kegtwist.durable.Writer`, in order, through a
+  :class:`~kegtwist.durable.GroupCommit`: records that wait while a write
+  is in flight go together in the next one, with one fsync.  An append
+  refused later than it was made (a :class:`~kegtwist.durable.DiskWriter`)
+  stays queued and is written again after a backoff: the file is always a
+  prefix of what was appended, in order.
 
 One process at a time: :func:`~kegtwist.delivery.state_lock.lock_state_dir`.
 
@@ -35,10 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kegtwist.delivery.records import parse_record, printable
-from kegtwist.durable import fsync_dir, write_all, write_atomic
+from kegtwist.durable import GroupCommit, Writer, fsync_dir, write_all, write_atomic
 
 JOURNAL = "outbox.jsonl"
 QUARANTINE = "outbox.quarantine.jsonl"
@@ -121,6 +130,8 @@ class JournalHost(Protocol):
     def os_fsync(self) -> Callable[[int], None]: ...
     @property
     def stats(self) -> JournalCounters: ...
+    @property
+    def writer(self) -> Writer: ...
 
 
 class Journal:
@@ -135,6 +146,16 @@ class Journal:
         self.cut_back = False  # a failed append may have left bytes after ``size``
         self.needs_newline = False  # the journal's last line has no newline yet
         self.unquarantined: list[Unreadable] = []  # compaction must wait for these
+        self.commits = GroupCommit(
+            host.writer,
+            self.write_now,
+            what=f"the outbox journal {self.path}",
+            log=log,
+            on_failure=self._count_failure,
+        )
+
+    def _count_failure(self, error: BaseException) -> None:
+        self.host.stats.journal_write_errors += 1
 
     @property
     def path(self) -> Path:
@@ -185,46 +206,68 @@ class Journal:
         self.size = os.fstat(self.fd).st_size
         self.cut_back = False
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred[None]:
+        """Once what is queued is written (one last go: what the disk still
+        refuses is dropped, and said), the final fsync and the close."""
+        closed: defer.Deferred[None] = defer.Deferred()
+
+        def then(result: object) -> None:
+            if isinstance(result, Failure):
+                self.log.failure("Closing the outbox journal failed", result)
+            elif isinstance(result, OSError):
+                # Harmless: a lost ``done`` leaves its drink uncertain, so
+                # delivery looks it up on the server instead of resending.
+                self.log.warn("Outbox journal: final fsync failed ({error})", error=result)
+            closed.callback(None)
+
+        self.commits.closing = True
+        self.commits.retry_now()
+        self.commits.run(self._close_now, then)
+        return closed
+
+    def _close_now(self) -> OSError | None:
+        """(On the writer.)"""
         if self.fd is None:
-            return
+            return None
         fd, self.fd = self.fd, None
         try:
             if self.host.fsync:
                 self.host.os_fsync(fd)  # the unsynced ``done`` records
         except OSError as e:
-            # Harmless: a lost ``done`` leaves its drink uncertain, so
-            # delivery looks it up on the server instead of resending.
-            self.log.warn("Outbox journal: final fsync failed ({error})", error=e)
+            return e
         finally:
             os.close(fd)
+        return None
 
-    def append(self, line: bytes, *, sync: bool) -> None:
-        """``line`` is on disk (fsync'd if ``sync``), or ``OSError`` with
-        the journal cut back to its last whole record."""
+    def append(self, line: bytes, *, sync: bool) -> defer.Deferred[None]:
+        """Queue ``line``: the Deferred fires once it is on disk (fsync'd if
+        ``sync``), and everything appended before it too.  ``OSError`` if
+        the disk refused it before this returned (nothing appended)."""
+        return self.commits.append(line, sync=sync)
+
+    def write_now(self, data: bytes, sync: bool) -> None:
+        """(On the writer.)  ``data`` is on disk (fsync'd if ``sync``), or
+        ``OSError`` with the journal cut back to its last whole record."""
+        if self.fd is None:
+            self.open_for_append()
+        assert self.fd is not None
+        fd = self.fd
+        if self.cut_back:
+            os.ftruncate(fd, self.size)
+            self.cut_back = False
+        if self.needs_newline:
+            data = b"\n" + data
         try:
-            if self.fd is None:
-                self.open_for_append()
-            assert self.fd is not None
-            fd = self.fd
-            if self.cut_back:
+            write_all(self.host.os_write, fd, data)
+            if self.host.fsync and sync:
+                self.host.os_fsync(fd)
+        except OSError:
+            self.cut_back = True  # part of it may be there: never half a record
+            try:
                 os.ftruncate(fd, self.size)
                 self.cut_back = False
-            data = b"\n" + line if self.needs_newline else line
-            try:
-                write_all(self.host.os_write, fd, data)
-                if self.host.fsync and sync:
-                    self.host.os_fsync(fd)
             except OSError:
-                self.cut_back = True  # part of it may be there: never half a record
-                try:
-                    os.ftruncate(fd, self.size)
-                    self.cut_back = False
-                except OSError:
-                    pass
-                raise
-        except OSError:
-            self.host.stats.journal_write_errors += 1
+                pass
             raise
         self.size += len(data)
         self.needs_newline = False
@@ -284,22 +327,36 @@ class Journal:
             return
         self.needs_newline = False
 
-    def quarantine_waiting(self) -> bool:
-        """Set aside what :meth:`set_aside` could not; False if it still cannot."""
-        if not self.unquarantined:
-            return True
+    def rewrite(self, data: bytes, then: Callable[[str | None], None]) -> None:
+        """The journal becomes ``data`` (compaction) once everything queued
+        before is written; ``then`` gets None, or why it did not.  Never
+        while lines that cannot be read are not yet in the quarantine file:
+        it would erase them (they are set aside first)."""
+
+        def done(result: object) -> None:
+            if isinstance(result, Failure):
+                self.log.failure("Compacting the outbox journal failed", result)
+                then("failed")
+                return
+            if isinstance(result, str):
+                self.host.stats.journal_write_errors += 1
+            then(result if isinstance(result, str) else None)
+
+        self.commits.run(lambda: self._rewrite_now(data), done)
+
+    def _rewrite_now(self, data: bytes) -> str | None:
+        """(On the writer.)"""
+        if self.unquarantined:
+            try:
+                self.quarantine(self.unquarantined)
+            except OSError as e:
+                return f"its unreadable lines cannot be set aside yet ({e})"
+            self.unquarantined = []
         try:
-            self.quarantine(self.unquarantined)
+            self.replace(data)
         except OSError as e:
-            self.host.stats.journal_write_errors += 1
-            self.log.warn(
-                "Outbox journal not compacted: its unreadable lines cannot be set aside "
-                "yet ({error})",
-                error=e,
-            )
-            return False
-        self.unquarantined = []
-        return True
+            return str(e)
+        return None
 
     def quarantine(self, lines: list[Unreadable]) -> None:
         """Append ``lines`` to the quarantine file, fsync'd; lines already

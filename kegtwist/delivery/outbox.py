@@ -2,11 +2,16 @@
 
 Nothing is acknowledged before it is on disk.  The store is an append-only
 journal of JSON lines in the state directory (:mod:`kegtwist.delivery.journal`:
-the file; :mod:`kegtwist.delivery.records`: its lines), each line flushed
-and fsync'd before the call returns (all but ``done``, see
-:meth:`Outbox.delivered`), so ``kill -9`` or a power cut right after a pour
-ends loses nothing.  The journal is compacted (rewritten atomically) when it
-holds mostly finished entries.  One process at a time: the state
+the file; :mod:`kegtwist.delivery.records`: its lines), each line written
+and fsync'd (all but ``done``, see :meth:`Outbox.delivered`) by the
+outbox's writer (:class:`~kegtwist.durable.Writer`), off the reactor thread
+in the daemon.  The outbox in memory changes at once; a record's durability
+is a Deferred: :meth:`Outbox.sending` returns one (delivery posts only once
+it has fired), and :meth:`Outbox.durable` fires once everything written so
+far is on disk (the core drops a drink from its checkpoint only then).
+Records waiting while a write is in flight go in the next one, with one
+fsync.  The journal is compacted (rewritten atomically) when it holds
+mostly finished entries.  One process at a time: the state
 directory's ``lock`` file is held (flock) while the outbox is open.
 Constructing an :class:`Outbox` touches nothing; :meth:`Outbox.open` locks,
 replays and opens the journal.
@@ -17,10 +22,14 @@ Temperatures are best effort: only the newest reading per sensor per
 minute is kept, and at most ``max_temperatures`` of them (oldest dropped
 first, counted).
 
-When the disk fails (full, EIO, read-only) a record is either on disk or
-not applied at all: an append that fails is cut back off the journal and
-raises ``OSError``, leaving memory as it was, so the caller retries it
-(the core keeps the drink, delivery retries the step).  A record that
+When the disk fails (full, EIO, read-only) the journal is cut back to its
+last whole record.  With a :class:`~kegtwist.durable.SyncWriter` (tests,
+``kegbot-outbox``) the append raises ``OSError`` and nothing is applied,
+so the caller retries it (the core keeps the drink, delivery retries the
+step).  With the daemon's :class:`~kegtwist.durable.DiskWriter` the refusal
+comes after memory changed: the records stay queued, in order, and are
+written again with backoff; their Deferreds wait (the drink stays in the
+core's checkpoint, the POST waits for its ``sending``).  A record that
 cannot be read is never fatal and never lost: it is set aside in
 ``outbox.quarantine.jsonl`` (the journal module says how).
 ``open(read_only=True)`` (``kegbot-outbox list``/``dead``) writes nothing
@@ -35,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from kegtwist.core.model import RecordDrink, RecordTemperature
@@ -60,6 +70,7 @@ from kegtwist.delivery.records import (
     serialize,
 )
 from kegtwist.delivery.state_lock import StateDirBusy, lock_state_dir
+from kegtwist.durable import SyncWriter, Writer
 
 __all__ = [
     "COMPACT_AFTER",
@@ -118,6 +129,8 @@ class Outbox:
     # The seams a disk fails through (tests inject ENOSPC, EIO).
     os_write: Callable[[int, bytes], int] = field(default=os.write, repr=False)
     os_fsync: Callable[[int], None] = field(default=os.fsync, repr=False)
+    # Where the journal's writes run (the daemon: a DiskWriter thread).
+    writer: Writer = field(default_factory=SyncWriter, repr=False)
 
     log: ClassVar[Logger] = Logger()
 
@@ -133,6 +146,7 @@ class Outbox:
         self._finished_lines = 0
         self._journal = Journal(self.directory, self, self.log)
         self._writable = False  # open() for writing (the fd may come later: a read-only disk)
+        self._compacting = False  # a rewrite is queued
         self._lock: Any = None
 
     # --- opening ----------------------------------------------------------
@@ -165,6 +179,7 @@ class Outbox:
             return
         if self.unreadable:
             self._journal.set_aside(data, self.unreadable)
+        self._journal.commits.closing = False
         self._writable = True
         try:
             self._journal.open_for_append()
@@ -182,26 +197,45 @@ class Outbox:
         if self._finished_lines > COMPACT_AFTER:
             self.compact()
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred[None]:
+        """What is queued gets one last go, then the journal is closed and
+        the lock released (at once with a SyncWriter)."""
         self._writable = False
-        self._journal.close()
-        if self._lock is not None:
-            self._lock.close()  # releases the flock
-            self._lock = None
+        closed = self._journal.close()
+
+        def release(_: object) -> None:
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+                self._lock = None
+
+        return closed.addCallback(release)
 
     # --- journal ------------------------------------------------------------
 
-    def _write(self, record: dict[str, Any], *, sync: bool = True) -> None:
-        """Append one record, then apply it; ``sync=False`` only for records
-        whose loss a restart repairs by itself (see :meth:`delivered`).
+    def _write(self, record: dict[str, Any], *, sync: bool = True) -> defer.Deferred[None]:
+        """Append one record and apply it; the Deferred fires once it is on
+        disk.  ``sync=False`` only for records whose loss a restart repairs
+        by itself (see :meth:`delivered`).
 
-        A failed write (disk full, EIO, read-only) raises ``OSError`` with
-        nothing applied and the journal cut back to its last whole record,
-        so the caller may simply try again later."""
+        A write refused at once (disk full, EIO, read-only, with a
+        SyncWriter) raises ``OSError`` with nothing applied and the journal
+        cut back to its last whole record, so the caller may simply try
+        again later (see the module docstring for a refusal that comes
+        later)."""
         if not self._writable:
             raise RuntimeError("outbox is not open" + (" for writing" if self.read_only else ""))
-        self._journal.append(serialize(record), sync=sync)
+        written = self._journal.append(serialize(record), sync=sync)
         self._apply(record)
+        return written
+
+    def durable(self) -> defer.Deferred[None]:
+        """Fires once every record written so far is on disk."""
+        return self._journal.commits.done()
+
+    @property
+    def write_error(self) -> str | None:
+        """Why records wait in memory for the journal (retried), if they do."""
+        return self._journal.commits.error
 
     def _apply(self, record: dict[str, Any]) -> None:
         op = record["op"]
@@ -273,8 +307,8 @@ class Outbox:
     # --- adding ---------------------------------------------------------------
 
     def add_drink(self, drink: RecordDrink) -> DrinkItem:
-        """Journal a completed pour; returns once it is on disk.  Raises
-        ``OSError`` (nothing journaled) if the disk refuses it."""
+        """Journal a completed pour (on disk once :meth:`durable` fires).
+        Raises ``OSError`` (nothing journaled) if the disk refuses it at once."""
         seq = self._seq + 1
         date = record_date(drink.end_wall)
         # Two drinks that may still be sent never share a record date: it is
@@ -317,9 +351,11 @@ class Outbox:
     def drinks(self) -> list[DrinkItem]:
         return [i for i in self.pending.values() if isinstance(i, DrinkItem)]
 
-    def sending(self, item: DrinkItem) -> None:
-        """About to send: from now on, a crash leaves the outcome unknown."""
-        self._write({"op": "sending", "seq": item.seq})
+    def sending(self, item: DrinkItem) -> defer.Deferred[None]:
+        """About to send: from now on, a crash leaves the outcome unknown.
+        Send only once the Deferred fired: a POST made before ``sending`` is
+        durable could be sent again after a crash, not looked up."""
+        return self._write({"op": "sending", "seq": item.seq})
 
     def uncertain(self, item: DrinkItem) -> None:
         self._write({"op": "uncertain", "seq": item.seq})
@@ -387,21 +423,27 @@ class Outbox:
             self.compact()
 
     def compact(self) -> None:
-        """Rewrite the journal as just what is pending or dead, atomically.
+        """Rewrite the journal as just what is pending or dead, atomically,
+        in its place among the writes (at once with a SyncWriter).
 
         Never while the journal holds unreadable lines that are not yet in
         the quarantine file: it would erase them.  A failed rewrite leaves
         the old journal as it was."""
         if self.read_only:
             raise RuntimeError("outbox is open read-only")
-        if not self._journal.quarantine_waiting():
+        if self._compacting:
             return
         records = compacted(self.recent_flows, self.dead, self.pending)
-        try:
-            self._journal.replace(b"".join(serialize(r) for r in records))
-        except OSError as e:
-            # The old journal stays whole; the next compaction tries again.
-            self.stats.journal_write_errors += 1
-            self.log.warn("Outbox journal not compacted ({error})", error=e)
-            return
-        self._finished_lines = sum(1 for r in records if r["op"] not in ("add", "flows"))
+        finished = sum(1 for r in records if r["op"] not in ("add", "flows"))
+        before = self._finished_lines
+
+        def then(problem: str | None) -> None:
+            self._compacting = False
+            if problem is not None:
+                # The old journal stays whole; the next compaction tries again.
+                self.log.warn("Outbox journal not compacted ({error})", error=problem)
+                return
+            self._finished_lines = finished + self._finished_lines - before
+
+        self._compacting = True
+        self._journal.rewrite(b"".join(serialize(r) for r in records), then)

@@ -7,8 +7,11 @@ taken) and the client (:mod:`kegtwist.delivery.client`).  One item at a
 time, in pour order: the Kegbot Server API has no idempotency key, so the
 exactly-once rule lives on our side.
 
-* Before a drink is sent, the outbox journals ``sending``.  A request whose
-  outcome is unknown (timeout, dropped connection, a 5xx that may come from
+* Before a drink is sent, the outbox journals ``sending``, and the request
+  leaves only once that record is durable (the outbox writes off the
+  reactor thread: :meth:`~kegtwist.delivery.outbox.Outbox.sending` returns
+  a Deferred); a POST made before it could be re-sent after a crash
+  instead of looked up.  A request whose outcome is unknown (timeout, dropped connection, a 5xx that may come from
   a proxy after the server committed, or a crash mid-request) leaves the
   drink *uncertain*.
 * An uncertain drink is never simply re-sent: first the newest drinks on the
@@ -20,8 +23,9 @@ exactly-once rule lives on our side.
   3 minutes, with jitter) and the same item is tried again, for as long as
   it takes; a dead letter or a guest re-post moves on at once.  The server
   being down, or refusing the key, is logged once, not at every retry.
-* A journal step the disk refuses (full, EIO) applied nothing: the same
-  step is tried again after the backoff.
+* A journal step the disk refuses at once (full, EIO) applied nothing: the
+  same step is tried again after the backoff.  One it refuses later stays
+  queued in the outbox, retried there; the loop waits for its ``sending``.
 * On stop (``drain_seconds``), whatever is pending, the drinks of the pours
   the stop ended included, gets one more go at once, whatever happened
   before (no answer yet, a backoff wait): it ends when the outbox is empty,
@@ -236,7 +240,7 @@ class DeliveryService(Service):
                 self._notify(item, found.id)
                 return
             outbox.certain_not_recorded(item)
-        outbox.sending(item)
+        await outbox.sending(item)  # durable before the request leaves
         try:
             drink = await self.client.record_drink(
                 item.meter_name,
