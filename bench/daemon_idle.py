@@ -24,9 +24,7 @@ Run: .venv/bin/python bench/daemon_idle.py [--runs R] [--quick] [--seconds S]
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,29 +36,10 @@ TARGET_RSS_MIB = 45.0
 SETTLE_SECONDS = 5.0
 
 
-async def sleep(reactor: Any, seconds: float) -> None:
-    from twisted.internet import task
-
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def until(
-    reactor: Any, condition: Any, what: str, daemon: db.Daemon, timeout: float = 30
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if not daemon.alive():
-            raise RuntimeError(f"daemon exited waiting for {what}:\n{daemon.log[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}:\n{daemon.log[-3000:]}")
-        await sleep(reactor, 0.05)
-
-
 async def run_once(reactor: Any, work: Path, seconds: float) -> dict:
     from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 
-    work.mkdir(parents=True)
-    redis = db.start_redis(work / "redis")
+    redis = db.new_run(work)
     fake = daemon = board = None
     try:
         fake = db.FakeServerProcess(work)
@@ -68,12 +47,8 @@ async def run_once(reactor: Any, work: Path, seconds: float) -> dict:
         daemon = db.Daemon(
             work, [*db.core_daemon_args(redis, fake, "all"), "--kegboard", board.path]
         )
-        d = daemon
-        await until(reactor, lambda: "Kegnet: connected" in d.log, "Kegnet", d)
-        await until(reactor, lambda: db.taps_loaded(2)(d.log), "taps", d)
-        await until(reactor, lambda: "Kegboard kegboard connected" in d.log, "the board", d)
-        await until(reactor, lambda: db.subscribers(redis) >= 1, "the subscription", d)
-        await sleep(reactor, SETTLE_SECONDS)
+        await db.until_ready(reactor, daemon, redis, taps=2)
+        await db.sleep(reactor, SETTLE_SECONDS)
         pid = daemon.pid
         s0, c0, v0, t0 = (
             db.sched(pid),
@@ -81,7 +56,7 @@ async def run_once(reactor: Any, work: Path, seconds: float) -> dict:
             db.ctxt_switches(pid),
             time.monotonic(),
         )
-        await sleep(reactor, seconds)
+        await db.sleep(reactor, seconds)
         s1, c1, v1, t1 = (
             db.sched(pid),
             db.stat_cpu_seconds(pid),
@@ -106,25 +81,17 @@ async def run_once(reactor: Any, work: Path, seconds: float) -> dict:
         result["notes"] = daemon.problems()
         return result
     finally:
-        if daemon is not None:
-            daemon.kill()
-        if board is not None:
-            board.close()
-        if fake is not None:
-            fake.stop()
-        redis.kill()
+        db.shut_down(redis, fake=fake, daemon=daemon, board=board)
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> int:
     runs = args.runs or 1
     seconds = args.seconds or (20.0 if args.quick else 60.0)
-    info = db.machine()
-    print(
+    info, work = db.begin(
         f"daemon_idle: one PtyKegboard, Redis and the server connected, {seconds:g} s idle, "
         f"{runs} run(s)",
-        flush=True,
+        "idle",
     )
-    work = Path(tempfile.mkdtemp(prefix="kegtwist-daemon-idle-"))
     results = []
     for i in range(runs):
         r = await run_once(reactor, work / f"run{i + 1}", seconds)
@@ -137,8 +104,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> int:
             f"exit {r['exit']}",
             flush=True,
         )
-        for note in r["notes"]:
-            print(f"    note: {note}")
+        db.report_run(r)
     cpu = db.median(r["cpu_pct"] for r in results)
     rss = db.median(r["rss"] for r in results)
     print()
@@ -156,11 +122,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> int:
         f"RSS         {rss:8.1f} MiB           target <= {TARGET_RSS_MIB:g} MiB: "
         f"{db.verdict(rss <= TARGET_RSS_MIB)}   (peak {db.median(r['hwm'] for r in results):.1f} MiB)"
     )
-    if args.keep:
-        print(f"logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return db.finish(work, args.keep)
 
 
 def entry() -> int:
@@ -173,15 +135,7 @@ def entry() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
     db.check_venv()
-    from twisted.internet import defer, task
-
-    async def go(reactor: Any) -> None:
-        code = await main(reactor, args)
-        if code:
-            raise SystemExit(code)
-
-    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
-    return 0
+    return db.react(main, args)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,8 +72,7 @@ def build_burst(meters: list[str], count: int, seed: int) -> tuple[list[bytes], 
 def run_once(
     work: Path, count: int, meter_count: int, seed: int, profile: Path | None = None
 ) -> dict:
-    work.mkdir(parents=True)
-    redis = db.start_redis(work / "redis")
+    redis = db.new_run(work)
     fake = daemon = None
     try:
         db.unlimit_pubsub_buffers(redis)
@@ -134,11 +132,7 @@ def run_once(
         result["notes"] = daemon.problems()
         return result
     finally:
-        if daemon is not None:
-            daemon.kill()
-        if fake is not None:
-            fake.stop()
-        redis.kill()
+        db.shut_down(redis, fake=fake, daemon=daemon)
 
 
 def main() -> int:
@@ -157,13 +151,11 @@ def main() -> int:
     db.check_venv()
     runs = args.runs or (3 if args.quick else 5)
     count = args.messages or (50_000 if args.quick else 200_000)
-    info = db.machine()
-    print(
+    info, work = db.begin(
         f"daemon_kegnet: {count:,} MeterUpdate over {args.meters} meters into `twistd kegbot "
         f"--role core`, {runs} run(s)",
-        flush=True,
+        "kegnet",
     )
-    work = Path(tempfile.mkdtemp(prefix="kegtwist-daemon-kegnet-"))
     results = []
     failed = False
     for i in range(runs):
@@ -178,14 +170,7 @@ def main() -> int:
             f"({a.drinks} drinks), exit {r['exit']}",
             flush=True,
         )
-        if not a.ok:
-            failed = True
-            for line in a.lines():
-                print("    " + line)
-        if r["unheard"]:
-            print(f"    {r['unheard']} PUBLISH reached no subscriber")
-        for note in r["notes"]:
-            print(f"    note: {note}")
+        failed = db.report_run(r) or failed
     rate = db.median(r["rate"] for r in results)
     cpu = db.median(r["cpu_us"] for r in results)
     rss = db.median(r["rss"] for r in results)
@@ -207,10 +192,10 @@ def main() -> int:
         f"{db.median(r['wait_ms'] for r in results):.0f} ms a run)"
     )
     print(f"RSS at the end  {rss:>10.1f} MiB      (peak {hwm:.1f} MiB)")
-    audits = [r["audit"] for r in results]
+    first = results[0]["audit"]
     print(
-        f"tick audit      {sum(a.ok for a in audits)}/{len(audits)} runs exact "
-        f"({audits[0].published:,} ticks over {audits[0].meters} meters in run 1)"
+        f"tick audit      {db.audits_exact(results)} "
+        f"({first.published:,} ticks over {first.meters} meters in run 1)"
     )
     if args.profile is not None:
         print(f"\nprofiled run (not in the figures), stats in {args.profile} ...", flush=True)
@@ -223,16 +208,7 @@ def main() -> int:
             print(db.profile_top(args.profile, 25))
         else:
             print("  no profile written (did the daemon stop cleanly?)")
-    if args.keep:
-        print(f"logs kept in {work}")
-    else:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-    if failed:
-        print("TICK AUDIT FAILED", file=sys.stderr)
-        return 1
-    return 0
+    return db.finish(work, args.keep, failed)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +39,7 @@ TARGET_STALL_MS = 20.0
 def run_once(
     work: Path, taps: int, fsync_s: float, pour_s: float, stagger: float, seed: int
 ) -> dict:
-    work.mkdir(parents=True)
-    redis = db.start_redis(work / "redis")
+    redis = db.new_run(work)
     fake = daemon = publisher = None
     probe = work / "probe.json"
     try:
@@ -112,13 +109,7 @@ def run_once(
             "notes": daemon.problems(),
         }
     finally:
-        if publisher is not None and publisher.proc.poll() is None:
-            publisher.proc.kill()
-        if daemon is not None:
-            daemon.kill()
-        if fake is not None:
-            fake.stop()
-        redis.kill()
+        db.shut_down(redis, fake=fake, daemon=daemon, publisher=publisher)
 
 
 def main() -> int:
@@ -135,13 +126,11 @@ def main() -> int:
     args = parser.parse_args()
     db.check_venv()
     runs = args.runs or (1 if args.quick else 2)
-    info = db.machine()
-    print(
+    info, work = db.begin(
         f"daemon_stall: {args.taps} taps pouring over Kegnet ({args.pour_seconds:g} s each, "
         f"starts spread over {args.stagger:g} s), fsync +{args.fsync_ms:g} ms, {runs} run(s)",
-        flush=True,
+        "stall",
     )
-    work = Path(tempfile.mkdtemp(prefix="kegtwist-daemon-stall-"))
     results = []
     failed = False
     for i in range(runs):
@@ -169,14 +158,7 @@ def main() -> int:
             print(
                 f"    gap {ms:7.1f} ms: {n} fsync(s) on the reactor thread inside it, {fs * 1000:.0f} ms"
             )
-        if not a.ok:
-            failed = True
-            for line in a.lines():
-                print("    " + line)
-        if r["unheard"]:
-            print(f"    {r['unheard']} PUBLISH reached no subscriber")
-        for note in r["notes"]:
-            print(f"    note: {note}")
+        failed = db.report_run(r) or failed
     mx = db.median(r["max_ms"] for r in results)
     p99 = db.median(r["p99_ms"] for r in results)
     stall = db.median(r["stall_ms"] for r in results)
@@ -199,16 +181,8 @@ def main() -> int:
         f"last tick -> all recorded {db.median(r['record_lag'] for r in results):.1f} s; "
         f"reactor-thread fsyncs per run {db.median(r['fsync_main'] for r in results):.0f}"
     )
-    audits = [r["audit"] for r in results]
-    print(f"tick audit           {sum(a.ok for a in audits)}/{len(audits)} runs exact")
-    if args.keep:
-        print(f"logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    if failed:
-        print("TICK AUDIT FAILED", file=sys.stderr)
-        return 1
-    return 0
+    print(f"tick audit           {db.audits_exact(results)}")
+    return db.finish(work, args.keep, failed)
 
 
 if __name__ == "__main__":

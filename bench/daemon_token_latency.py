@@ -38,9 +38,7 @@ Run: .venv/bin/python bench/daemon_token_latency.py [--runs R] [--quick] [--cycl
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,26 +61,6 @@ idle_seconds = 1
 )
 
 
-async def until(
-    reactor: Any, condition: Any, what: str, daemon: db.Daemon, timeout: float = 30
-) -> None:
-    from twisted.internet import task
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if not daemon.alive():
-            raise RuntimeError(f"daemon exited waiting for {what}:\n{daemon.log[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}:\n{daemon.log[-3000:]}")
-        await task.deferLater(reactor, 0.05, lambda: None)
-
-
-async def sleep(reactor: Any, seconds: float) -> None:
-    from twisted.internet import task
-
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
 async def run_once(
     reactor: Any, work: Path, remote: int, cycles: int, pause: float, seed: int
 ) -> dict:
@@ -91,8 +69,7 @@ async def run_once(
     from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
     from kegtwist.protocol import kbsp
 
-    work.mkdir(parents=True)
-    redis = db.start_redis(work / "redis")
+    redis = db.new_run(work)
     fake = daemon = publisher = board = None
     try:
         meters = [f"kegboard-r{i:04d}.flow0" for i in range(remote)]
@@ -103,16 +80,12 @@ async def run_once(
             [*db.core_daemon_args(redis, fake, "all"), "--kegboard", board.path],
             config=CONFIG,
         )
-        d = daemon
-        await until(reactor, lambda: "Kegnet: connected" in d.log, "Kegnet", d)
-        await until(reactor, lambda: db.taps_loaded(remote + 1)(d.log), "taps", d)
-        await until(reactor, lambda: "Kegboard kegboard connected" in d.log, "the board", d)
-        await until(reactor, lambda: db.subscribers(redis) >= 1, "the subscription", d)
+        await db.until_ready(reactor, daemon, redis, taps=remote + 1)
         board.pour("flow0", 0)  # the local meter's baseline
         publisher = db.PublisherProcess(work, redis.port, meters, hz=4, ticks=(1, 8), seed=seed)
         while not publisher.started():
-            await sleep(reactor, 0.05)
-        await sleep(reactor, 3.0)  # every remote pour has started; steady load
+            await db.sleep(reactor, 0.05)
+        await db.sleep(reactor, 3.0)  # every remote pour has started; steady load
         before = daemon.sched()
         t_before = time.monotonic()
 
@@ -140,7 +113,7 @@ async def run_once(
             t1 = time.monotonic()
             board.write(board.board.token("core.rfid", TOKEN, False))
             closes.append(await off.addTimeout(10, reactor) - t1)
-            await sleep(reactor, pause)
+            await db.sleep(reactor, pause)
         used = daemon.sched() - before
         t_after = time.monotonic()
         rss = db.rss_mib(daemon.pid)
@@ -163,7 +136,7 @@ async def run_once(
                 or not daemon.alive()
             ):
                 break
-            await sleep(reactor, 0.5)
+            await db.sleep(reactor, 0.5)
         lookups = fake.lookups()
         split = []
         for t0, t_on in samples:
@@ -192,27 +165,17 @@ async def run_once(
             "notes": daemon.problems(),
         }
     finally:
-        if publisher is not None and publisher.proc.poll() is None:
-            publisher.proc.kill()
-        if daemon is not None:
-            daemon.kill()
-        if board is not None:
-            board.close()
-        if fake is not None:
-            fake.stop()
-        redis.kill()
+        db.shut_down(redis, fake=fake, daemon=daemon, publisher=publisher, board=board)
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> int:
     runs = args.runs or 1
     cycles = args.cycles or (15 if args.quick else 30)
-    info = db.machine()
-    print(
+    info, work = db.begin(
         f"daemon_token_latency: token -> valve on a local board, {args.remote} remote taps "
         f"pouring over Kegnet, {cycles} cycles x {runs} run(s)",
-        flush=True,
+        "token",
     )
-    work = Path(tempfile.mkdtemp(prefix="kegtwist-daemon-token-"))
     results = []
     failed = False
     for i in range(runs):
@@ -231,14 +194,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> int:
             flush=True,
         )
         print("    latencies (ms): " + ", ".join(f"{x:.1f}" for x in r["lat"]))
-        if not a.ok:
-            failed = True
-            for line in a.lines():
-                print("    " + line)
-        if r["unheard"]:
-            print(f"    {r['unheard']} PUBLISH reached no subscriber")
-        for note in r["notes"]:
-            print(f"    note: {note}")
+        failed = db.report_run(r) or failed
     pooled = [x for r in results for x in r["lat"]]
     p50 = db.median(r["p50"] for r in results)
     p99 = db.median(r["p99"] for r in results)
@@ -264,16 +220,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> int:
         f"card removed -> valve closed: p50 {db.median(r['close_p50'] for r in results):.1f} ms, "
         f"p99 {db.median(r['close_p99'] for r in results):.1f} ms"
     )
-    audits = [r["audit"] for r in results]
-    print(f"tick audit        {sum(a.ok for a in audits)}/{len(audits)} runs exact")
-    if args.keep:
-        print(f"logs kept in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    if failed:
-        print("TICK AUDIT FAILED", file=sys.stderr)
-        return 1
-    return 0
+    print(f"tick audit        {db.audits_exact(results)}")
+    return db.finish(work, args.keep, failed)
 
 
 def entry() -> int:
@@ -292,15 +240,7 @@ def entry() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
     db.check_venv()
-    from twisted.internet import defer, task
-
-    async def go(reactor: Any) -> None:
-        code = await main(reactor, args)
-        if code:
-            raise SystemExit(code)  # react() exits with it
-
-    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
-    return 0
+    return db.react(main, args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -75,7 +76,8 @@ if str(TESTS) not in sys.path:
 # --- machine ------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
+def platform_info() -> dict[str, str]:
+    """The machine and the software versions (also ``footprint.py``'s)."""
     model = "unknown"
     if shutil.which("lscpu"):
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -95,6 +97,12 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "twisted": twisted_version,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def machine() -> dict[str, str]:
+    return {
+        **platform_info(),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "code": code_state(),
     }
@@ -1025,6 +1033,124 @@ def profile_top(path: Path, count: int = 25) -> str:
     for prefix in (str(ROOT) + "/", str(BIN.parent) + "/lib/python3.11/site-packages/"):
         text = text.replace(prefix, "")
     return text
+
+
+# --- the steps every daemon_*.py bench shares ----------------------------------------------
+
+
+def begin(headline: str, name: str) -> tuple[dict[str, str], Path]:
+    """A bench's start: the machine (noted before the runs load it), the
+    headline printed, and a fresh temp dir for the runs (``--keep`` keeps it)."""
+    info = machine()
+    print(headline, flush=True)
+    return info, Path(tempfile.mkdtemp(prefix=f"kegtwist-daemon-{name}-"))
+
+
+def new_run(work: Path) -> Any:
+    """A run's own dir, made, and its redis-server, started."""
+    work.mkdir(parents=True)
+    return start_redis(work / "redis")
+
+
+def shut_down(
+    redis: Any,
+    *,
+    fake: FakeServerProcess | None = None,
+    daemon: Daemon | None = None,
+    publisher: PublisherProcess | None = None,
+    board: Any = None,
+) -> None:
+    """A run's teardown, whatever happened: kill what still runs."""
+    if publisher is not None and publisher.proc.poll() is None:
+        publisher.proc.kill()
+    if daemon is not None:
+        daemon.kill()
+    if board is not None:
+        board.close()
+    if fake is not None:
+        fake.stop()
+    redis.kill()
+
+
+def report_run(r: dict[str, Any]) -> bool:
+    """Prints, under a run's line, what went wrong in it: the tick audit's
+    mismatches, PUBLISHes no subscriber heard, notes on the daemon's log.
+    True if the tick audit failed."""
+    failed = False
+    a: Audit | None = r.get("audit")
+    if a is not None and not a.ok:
+        failed = True
+        for line in a.lines():
+            print("    " + line)
+    if r.get("unheard"):
+        print(f"    {r['unheard']} PUBLISH reached no subscriber")
+    for note in r["notes"]:
+        print(f"    note: {note}")
+    return failed
+
+
+def audits_exact(results: Sequence[dict[str, Any]]) -> str:
+    """``N/M runs exact``: how many runs' tick audits found every tick."""
+    audits = [r["audit"] for r in results]
+    return f"{sum(a.ok for a in audits)}/{len(audits)} runs exact"
+
+
+def finish(work: Path, keep: bool, failed: bool = False) -> int:
+    """Keeps or removes the work dir; the exit status (1: a tick audit failed)."""
+    if keep:
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        print("TICK AUDIT FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- the benches that serve a pty board on their own reactor -------------------------------
+
+
+async def sleep(reactor: Any, seconds: float) -> None:
+    from twisted.internet import task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def until(
+    reactor: Any, condition: Any, what: str, daemon: Daemon, timeout: float = 30
+) -> None:
+    """Polls ``condition`` without blocking the reactor (the pty board
+    answers the daemon meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if not daemon.alive():
+            raise RuntimeError(f"daemon exited waiting for {what}:\n{daemon.log[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}:\n{daemon.log[-3000:]}")
+        await sleep(reactor, 0.05)
+
+
+async def until_ready(reactor: Any, daemon: Daemon, redis: Any, taps: int) -> None:
+    """:func:`wait_ready` with a board, polled on the reactor."""
+    d = daemon
+    await until(reactor, lambda: "Kegnet: connected" in d.log, "Kegnet", d)
+    await until(reactor, lambda: taps_loaded(taps)(d.log), "taps", d)
+    await until(reactor, lambda: "Kegboard kegboard connected" in d.log, "the board", d)
+    await until(reactor, lambda: subscribers(redis) >= 1, "the subscription", d)
+
+
+def react(main: Callable[[Any, argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Runs ``await main(reactor, args)`` under ``task.react``; a non-zero
+    result is the process's exit status."""
+    from twisted.internet import defer, task
+
+    async def go(reactor: Any) -> None:
+        code = await main(reactor, args)
+        if code:
+            raise SystemExit(code)  # react() exits with it
+
+    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    return 0
 
 
 # --- entry points ---------------------------------------------------------------------------

@@ -29,12 +29,9 @@ Run from the repository root: python bench/footprint.py [--idle-seconds 60]
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import re
 import select
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +40,8 @@ import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from daemonbench import platform_info
 
 from kegtwist.boards.simulator import HELLO_HEARTBEAT_SECONDS, SimulatedKegboard
 from kegtwist.protocol import kbsp
@@ -385,26 +384,7 @@ def import_costs(work: Path) -> tuple[float, float, list[tuple[str, float, float
 # --- report -----------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    model = "unknown"
-    if shutil.which("lscpu"):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    twisted_version = subprocess.run(
-        [sys.executable, "-c", "import twisted; print(twisted.__version__)"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return {
-        "arch": platform.machine(),
-        "cpu": model,
-        "nproc": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "twisted": twisted_version,
-        "kernel": platform.release(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+machine = platform_info
 
 
 def verdict(ok: bool) -> str:

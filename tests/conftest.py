@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from daemonkit import Daemon
-from fakeserver import FakeKegbotServer
+from daemonkit import Daemon, eventually
+from fakeserver import API_KEY, FakeKegbotServer
 from redisd import RedisServer
+from twisted.internet import defer
 
 from kegtwist.boards.simulator import PtyKegboard, SimulatedKegboard
 
@@ -59,6 +60,41 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def board_daemon(
+    tmp_path: Path,
+    daemons: Callable[..., Daemon],
+    fake_server: FakeKegbotServer,
+    pty_board: PtyKegboard,
+) -> Callable[[str], defer.Deferred[Daemon]]:
+    """Starts a daemon with a config (its text) on ``pty_board`` and
+    ``fake_server``, logging at debug level (the per-reading line tells a
+    test the daemon has read the ticks); fires with the daemon once the
+    board's hello is in its log."""
+
+    def start(config_text: str) -> defer.Deferred[Daemon]:
+        config = tmp_path / "kegbot.toml"
+        config.write_text(config_text)
+        daemon = daemons(
+            "--config",
+            str(config),
+            "--kegboard",
+            pty_board.path,
+            "--api-url",
+            fake_server.url,
+            "--api-key",
+            API_KEY,
+            "--log-level",
+            "debug",
+        )
+        hello = eventually(
+            lambda: f"connected on {pty_board.path}" in daemon.log, "the board's hello", daemon
+        )
+        return hello.addCallback(lambda _: daemon)
+
+    return start
 
 
 # Tests that use these fixtures start a redis-server, a loopback HTTP

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from boardkit import guard
 from twisted.internet import defer, task
 
 BIN = Path(sys.executable).parent
@@ -99,6 +100,23 @@ def eventually(
             await task.deferLater(reactor, POLL_SECONDS, lambda: None)
 
     return defer.Deferred.fromCoroutine(poll())
+
+
+def until(condition: Callable[[], bool], interval: float = 0.001) -> defer.Deferred[None]:
+    """Fires once ``condition()`` holds, checked every ``interval`` s of
+    the reactor (0: every turn); fails after boardkit's guard time."""
+    from twisted.internet import reactor
+
+    d: defer.Deferred[None] = defer.Deferred()
+
+    def check() -> None:
+        if condition():
+            d.callback(None)
+        else:
+            reactor.callLater(interval, check)
+
+    check()
+    return guard(d)
 
 
 def stop(daemon: Daemon) -> defer.Deferred[None]:

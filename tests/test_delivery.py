@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from boardkit import guard
+from daemonkit import until
 from fakeserver import FakeKegbotServer
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -36,21 +36,6 @@ def drink(
     return RecordDrink(
         flow_id, meter, ticks, ticks * 0.367, user, "core.rfid", end - 4, end, 4.0, "idle"
     )
-
-
-def until(condition: Any) -> defer.Deferred[None]:
-    from twisted.internet import reactor
-
-    d: defer.Deferred[None] = defer.Deferred()
-
-    def check() -> None:
-        if condition():
-            d.callback(None)
-        else:
-            reactor.callLater(0.001, check)
-
-    check()
-    return guard(d)
 
 
 class Rig:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from boardkit import guard
-from daemonkit import FAST_POURS, Daemon, eventually, stop
+from daemonkit import FAST_POURS, Daemon, eventually, stop, until
 from fakeserver import API_KEY, FakeKegbotServer
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -40,21 +40,6 @@ from kegtwist.protocol.server_api import ServerError
 
 SECRET = "kegtwist-secret-key-7c1e9a"  # must never reach another origin or the log
 MIB = 1024 * 1024
-
-
-def until(condition: Callable[[], bool]) -> defer.Deferred[None]:
-    from twisted.internet import reactor
-
-    d: defer.Deferred[None] = defer.Deferred()
-
-    def check() -> None:
-        if condition():
-            d.callback(None)
-        else:
-            reactor.callLater(0.001, check)
-
-    check()
-    return guard(d)
 
 
 def failure_of(d: defer.Deferred[Any]) -> defer.Deferred[ServerError]:

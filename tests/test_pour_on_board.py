@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import daemonkit
 import pytest
 import pytest_twisted
 from boardkit import guard
@@ -36,18 +37,7 @@ relay = "kegboard.relay0"
 
 def until(condition: Callable[[], bool]) -> defer.Deferred[None]:
     """Fires once ``condition()`` holds, checked on every reactor turn."""
-    from twisted.internet import reactor
-
-    d: defer.Deferred[None] = defer.Deferred()
-
-    def check() -> None:
-        if condition():
-            d.callback(None)
-        else:
-            reactor.callLater(0, check)
-
-    check()
-    return guard(d)
+    return daemonkit.until(condition, interval=0)
 
 
 def alice(device: str, value: str) -> defer.Deferred[TokenLookupResult]:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from daemonkit import Daemon, eventually, stop
-from fakeserver import API_KEY, FakeKegbotServer
+from fakeserver import FakeKegbotServer
+from twisted.internet import defer
 
 from kegtwist.boards.simulator import PtyKegboard
 
@@ -47,28 +48,11 @@ def journal_states(journal: Path) -> dict[int, list[str]]:
 
 @pytest_twisted.inlineCallbacks
 def test_sigterm_mid_pour_delivers_the_first_drink_of_the_process(
-    tmp_path: Path,
-    daemons: Callable[..., Daemon],
+    board_daemon: Callable[[str], defer.Deferred[Daemon]],
     fake_server: FakeKegbotServer,
     pty_board: PtyKegboard,
 ) -> Any:
-    config = tmp_path / "kegbot.toml"
-    config.write_text(ANONYMOUS_TAP)
-    daemon = daemons(
-        "--config",
-        str(config),
-        "--kegboard",
-        pty_board.path,
-        "--api-url",
-        fake_server.url,
-        "--api-key",
-        API_KEY,
-        "--log-level",
-        "debug",  # the per-reading line tells us the daemon has read the ticks
-    )
-    yield eventually(
-        lambda: f"connected on {pty_board.path}" in daemon.log, "the board's hello", daemon
-    )
+    daemon = yield board_daemon(ANONYMOUS_TAP)
     pty_board.pour("flow0", 0)  # the meter's first reading: a baseline
     yield eventually(
         lambda: "kegboard.flow0 reads 0" in daemon.log, "the daemon to read the baseline", daemon
