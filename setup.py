@@ -12,7 +12,7 @@ setup(
     # twisted/plugins must ship as part of the twisted.plugins namespace
     # (no __init__.py there), or `twistd` never lists `kegbot`.
     packages=find_packages(include=["kegtwist", "kegtwist.*"]) + ["twisted.plugins"],
-    package_data={"kegtwist": ["py.typed"]},
+    package_data={"kegtwist": ["py.typed"], "kegtwist.status": ["static/*"]},
     install_requires=[
         "twisted[conch]>=24.7",
         "treq>=23.11",
@@ -31,6 +31,8 @@ setup(
             "mypy>=1.11",
             "mypy-zope>=1.0.17",
             "types-pyserial",
+            # drives Debian's chromium through /usr/bin/chromedriver (no download)
+            "selenium>=4.11",
         ],
     },
     entry_points={
@@ -40,6 +42,7 @@ setup(
             "kegboard-set-serial=kegtwist.tools.set_serial:cli",
             "kegboard-sim=kegtwist.tools.sim:main",
             "kegbot-outbox=kegtwist.tools.outbox:cli",
+            "kegbot-status=kegtwist.tools.status:cli",
         ],
     },
     classifiers=[

@@ -25,6 +25,7 @@ import pytest_twisted
 from daemonkit import FAST_POURS, POLL_SECONDS, WAIT_SECONDS, Daemon, eventually, stop
 from fakeserver import API_KEY, FakeKegbotServer
 from redisd import free_port
+from twisted.internet import defer
 
 from kegtwist.boards.simulator import PtyKegboard
 from kegtwist.protocol import kbsp
@@ -87,32 +88,15 @@ relay = "kegboard.relay0"
 
 @pytest_twisted.inlineCallbacks
 def test_sigterm_mid_pour_closes_the_valve_and_records_the_pour(
-    tmp_path: Path,
-    daemons: Callable[..., Daemon],
+    board_daemon: Callable[[str], defer.Deferred[Daemon]],
     fake_server: FakeKegbotServer,
     pty_board: PtyKegboard,
 ) -> Any:
     """What systemd's stop does during a pour: the board is told to close
     the valve, the pour is recorded (server or outbox journal), exit 0."""
-    config = tmp_path / "kegbot.toml"
-    config.write_text(AUTH_TAP)
     commands: list[kbsp.Message] = []
     pty_board.on_receive = commands.append
-    daemon = daemons(
-        "--config",
-        str(config),
-        "--kegboard",
-        pty_board.path,
-        "--api-url",
-        fake_server.url,
-        "--api-key",
-        API_KEY,
-        "--log-level",
-        "debug",  # the per-reading line tells us the daemon has read the ticks
-    )
-    yield eventually(
-        lambda: f"connected on {pty_board.path}" in daemon.log, "the board's hello", daemon
-    )
+    daemon = yield board_daemon(AUTH_TAP)
     pty_board.pour("flow0", 0)  # the meter's first reading: a baseline
     # alice's RFID token (deadbeef; the board sends it little-endian)
     pty_board.write(pty_board.board.token("core.rfid", bytes.fromhex("efbeadde"), True))
@@ -222,8 +206,8 @@ def test_manhole_answers_an_authorised_key_and_refuses_another(
     out = ANSI.sub("", session.stdout).replace("\r", "")
     assert session.returncode == 0, (session.stderr, out, daemon.log)
     assert "\n2\n" in out
-    assert "kegtwist status (role all)" in out
-    assert "Kegbot Server: none configured" in out
+    assert "(role all), up " in out  # the same summary as kegbot-status
+    assert "Kegbot Server: none" in out and "All well." in out
 
     # An interactive terminal (what a person gets) works the same way.
     tty = ssh(key, port, "40+2\n\x04", "-tt")

@@ -42,10 +42,14 @@ from kegtwist.delivery.outbox import Outbox
 from kegtwist.delivery.service import DeliveryService
 from kegtwist.delivery.tap_sync import TapSyncService
 from kegtwist.delivery.token_lookup import SharedLookups, server_token_resolver
+from kegtwist.durable import DiskWriter, SyncWriter, Writer
 
 if TYPE_CHECKING:
     from kegtwist.bus.bridge import KegnetBridge, Role
     from kegtwist.bus.redis import KegnetBus
+    from kegtwist.status.feed import StatusFeed
+    from kegtwist.status.hub import EventHub
+    from kegtwist.status.metrics import Histogram
 
 log = Logger(namespace="kegtwist")
 
@@ -59,6 +63,10 @@ class Context:
     clock: IReactorTime
     monotonic: Callable[[], float]
     wall: Callable[[], float]
+    writer: Writer
+    """Writes the checkpoint and the outbox journal, in order, off the reactor thread."""
+    feed: StatusFeed | None = None
+    """What the status page hears: each part is given its listener."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -84,12 +92,19 @@ def build(
 
     The three roles are three explicit compositions of the same parts.
     Children start in the order they are added and stop in reverse: the
-    state dir, the bus, the HTTP pool, the outbox, delivery, boards, tap
+    state dir, the disk writer, the bus, the HTTP pool, the outbox, delivery, boards, tap
     sync, the core, the manhole.  So on stop the core ends pours and closes
     valves while boards, outbox and bus still listen; Redis goes last.
     """
-    ctx = Context(options, reactor, clock if clock is not None else reactor, monotonic, wall)
+    # A test that moves time by hand (an injected clock) gets its files written at once.
+    writer: Writer = SyncWriter() if clock is not None else DiskWriter(reactor)
+    ctx = Context(
+        options, reactor, clock if clock is not None else reactor, monotonic, wall, writer
+    )
     role: Role = ctx.config["role"]
+    status = _status_parts(ctx, role) if ctx.config["status"] != "none" else None
+    if status is not None:
+        ctx.feed = status[1]
     if role == "all":
         parts, children = _compose_all(ctx, token_resolver)
     elif role == "core":
@@ -98,6 +113,8 @@ def build(
         parts, children = _compose_kegboard(ctx)
     if ctx.config["manhole"]:
         children.append(_manhole(ctx, lambda: top))
+    if status is not None:
+        children.append(_status_service(ctx, status, lambda: top))  # starts last, stops first
     top = KegbotService(role, parts, children)
     if role != "all":
         log.info(
@@ -141,7 +158,7 @@ def _compose_all(ctx: Context, token_resolver: TokenResolver | None) -> Composit
     if bridge is not None:
         sinks.append(bridge.board_input)
     simulated, boards = _boards(ctx, sinks)
-    children: list[IService] = [StateDir(ctx.state_dir)]
+    children: list[IService] = [StateDir(ctx.state_dir), ctx.writer]
     children += [bus] if bus is not None else []
     children += [*server.services, *simulated, boards, *server.after_boards, core]
     parts = Parts(boards, core, server.outbox, server.delivery, server.tap_sync, bus, bridge)
@@ -169,7 +186,7 @@ def _compose_core(ctx: Context, token_resolver: TokenResolver | None) -> Composi
         set_local_relay=lambda r, on: False,
     )
     bus = _bus(ctx, bridge, core_side=True)
-    children: list[IService] = [StateDir(ctx.state_dir), bus]
+    children: list[IService] = [StateDir(ctx.state_dir), ctx.writer, bus]
     children += [*server.services, *server.after_boards, core]
     parts = Parts(None, core, server.outbox, server.delivery, server.tap_sync, bus, bridge)
     return parts, children
@@ -267,7 +284,7 @@ def _server_side(
     bridge: Callable[[], KegnetBridge | None],
 ) -> ServerSide:
     config = ctx.config
-    outbox = Outbox(ctx.state_dir)
+    outbox = Outbox(ctx.state_dir, writer=ctx.writer)
     side = ServerSide(outbox, None, None, token_resolver, [], [])
     if config["api_url"] == "none":
         side.services.append(OutboxService(outbox))
@@ -291,7 +308,8 @@ def _server_side(
         ctx.clock,
         wall=ctx.wall,
         drain_seconds=2.0,
-        listeners=[lambda item, drink_id: _drink_recorded(bridge(), item, drink_id)],
+        listeners=[lambda item, drink_id: _drink_recorded(bridge(), item, drink_id)]
+        + ([ctx.feed.drink_recorded] if ctx.feed is not None else []),
     )
     side.tap_sync = TapSyncService(
         client,
@@ -363,7 +381,11 @@ def _core_service(
         wall=ctx.wall,
         checkpoint_path=ctx.state_dir / "pours.json",
         already_recorded=outbox.knows_flow,
-        listeners=[to_outbox, to_bus] if with_bus else [to_outbox],
+        writer=ctx.writer,
+        outbox_durable=outbox.durable,
+        listeners=[to_outbox]
+        + ([to_bus] if with_bus else [])
+        + ([ctx.feed.core_effect] if ctx.feed is not None else []),
     )
     server.core.append(core)
     return core
@@ -385,6 +407,9 @@ def _boards(
         demo = SimulatedBoards(ctx.reactor, config["simulate"], config["simulate_pours"], ctx.clock)
         simulated.append(demo)
         board_specs += [BoardSpec("path", path) for path in demo.paths]
+
+    if ctx.feed is not None:
+        sinks = [*sinks, ctx.feed.board_input]
 
     def board_input(item: BoardInput) -> None:
         for sink in sinks:
@@ -419,3 +444,45 @@ def make_service(options: Options, reactor: Any | None = None) -> IService:
     top = build(options, reactor)
     reactor.addSystemEventTrigger("after", "shutdown", lambda: exit_with(top.exit_status))
     return top
+
+
+StatusParts = tuple["EventHub", "StatusFeed", "Histogram"]
+
+
+def _status_parts(ctx: Context, role: Role) -> StatusParts:
+    """The status page's event memory and the feed every part reports to."""
+    from kegtwist.status.feed import StatusFeed
+    from kegtwist.status.hub import EventHub
+    from kegtwist.status.metrics import delivery_latency
+
+    hub = EventHub(wall=ctx.wall)
+    latency = delivery_latency()
+    # Without a core (kegboard role) temperatures come from the boards.
+    feed = StatusFeed(
+        hub, latency=latency, wall=ctx.wall, temperatures_from_boards=role == "kegboard"
+    )
+    return hub, feed, latency
+
+
+def _status_service(
+    ctx: Context, status: StatusParts, daemon: Callable[[], KegbotService]
+) -> IService:
+    """``--status``: the page, /status.json, /events and /metrics, read-only."""
+    from kegtwist.status.document import build_document
+    from kegtwist.status.metrics import metrics_text
+    from kegtwist.status.web import StatusService
+
+    hub, _feed, latency = status
+    started = ctx.wall()
+
+    def document() -> dict[str, Any]:
+        return build_document(daemon(), ctx.wall(), started, hub=hub)
+
+    return StatusService(
+        ctx.config["status"],
+        document,
+        lambda: metrics_text(document(), [latency]),
+        hub,
+        ctx.reactor,
+        clock=ctx.clock,
+    )

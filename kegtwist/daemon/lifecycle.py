@@ -56,6 +56,7 @@ class KegbotService(MultiService):
 
     exit_status = 0
     """1 after a stop that failed or left drinks unwritten (see make_service)."""
+    started_wall: float | None = None
 
     def __init__(self, role: Role, parts: Parts, children: list[IService]) -> None:
         """``children`` start in this order and stop in reverse."""
@@ -92,6 +93,12 @@ class KegbotService(MultiService):
     @property
     def bridge(self) -> KegnetBridge | None:
         return self.parts.bridge
+
+    def startService(self) -> None:
+        import time
+
+        self.started_wall = time.time()
+        super().startService()
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop_in_order())

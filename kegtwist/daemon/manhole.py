@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kegtwist.errors import StartupError
+from kegtwist.listen import localhost_by_default
 
 HOST_KEY_FILE = "manhole_host_key"
 
@@ -109,15 +110,6 @@ def host_key(state_dir: Path) -> keys.Key:
     tmp.write_bytes(key.toString("OPENSSH"))
     tmp.replace(path)
     return key
-
-
-def localhost_by_default(endpoint: str) -> str:
-    """``tcp:2222`` listens on 127.0.0.1 unless an interface is named."""
-    if endpoint.startswith(("tcp:", "tcp6:")) and "interface=" not in endpoint:
-        return endpoint + ":interface=127.0.0.1"
-    if endpoint.isdigit():
-        return f"tcp:{endpoint}:interface=127.0.0.1"
-    return endpoint
 
 
 class ManholeService(Service):

@@ -25,6 +25,7 @@ from kegtwist.daemon.checks import (
     string,
     string_list,
 )
+from kegtwist.status.endpoint import DEFAULT_ENDPOINT, check_endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,5 +299,15 @@ register(
         "info",
         _one_of("debug", "info", "warn", "error"),
         choice("debug", "info", "warn", "error"),
+    )
+)
+register(
+    Option(
+        "status",
+        "Serve the status page, /status.json, /events and /metrics on this endpoint "
+        "(read-only, no login; localhost unless an interface is named), or 'none'.",
+        DEFAULT_ENDPOINT,
+        check_endpoint,
+        _checked(check_endpoint),
     )
 )
