@@ -57,7 +57,7 @@ from kegtwist.core import (
     SetRelay,
     TokenLookupResult,
 )
-from kegtwist.daemon.pour_log import iso, log_drink, log_pour
+from kegtwist.daemon.pour_log import drink_fields, log_drink, log_pour
 from kegtwist.durable import SyncWriter, Writer, write_atomic
 
 RelayDriver = Callable[[str, bool], bool]
@@ -571,13 +571,7 @@ class CoreService(Service):
                 "{volume_ml:.1f} mL, {user}, {start} to {end}. The checkpoint on disk predates "
                 "it: the next start reads the meter against that older baseline, so these ticks "
                 "come back (in the next pour on that meter) only if the board kept its count",
-                flow_id=drink.flow_id,
-                meter=drink.meter_name,
-                ticks=drink.ticks,
-                volume_ml=drink.volume_ml,
-                user=drink.username or "guest",
-                start=iso(drink.start_wall),
-                end=iso(drink.end_wall),
+                **drink_fields(drink),
             )
 
     def status(self) -> dict[str, Any]:

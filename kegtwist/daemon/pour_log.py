@@ -13,18 +13,25 @@ def iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
 
 
+def drink_fields(drink: RecordDrink) -> dict[str, object]:
+    """A drink's log fields: every line about a drink names it the same way."""
+    return {
+        "flow_id": drink.flow_id,
+        "meter": drink.meter_name,
+        "ticks": drink.ticks,
+        "volume_ml": drink.volume_ml,
+        "user": drink.username or "guest",
+        "start": iso(drink.start_wall),
+        "end": iso(drink.end_wall),
+        "reason": drink.reason,
+    }
+
+
 def log_drink(log: Logger, effect: RecordDrink) -> None:
     log.info(
         "Drink: flow {flow_id} on {meter}: {ticks} ticks, {volume_ml:.1f} mL, "
         "{user}, {start} to {end} ({reason})",
-        flow_id=effect.flow_id,
-        meter=effect.meter_name,
-        ticks=effect.ticks,
-        volume_ml=effect.volume_ml,
-        user=effect.username or "guest",
-        start=iso(effect.start_wall),
-        end=iso(effect.end_wall),
-        reason=effect.reason,
+        **drink_fields(effect),
     )
 
 

@@ -136,14 +136,11 @@ class Memory:
             board = data.get("board")
             if isinstance(board, str):
                 connected = bool(data.get("connected"))
-                before = self.boards.get(board)
                 self.boards.put(
                     board,
                     {
                         "connected": connected,
-                        "since": at
-                        if before is None or before["connected"] != connected
-                        else before["since"],
+                        "since": _since(self.boards.get(board), "connected", connected, at),
                         "device": data.get("device"),
                         "firmware": data.get("firmware"),
                         "reason": None if connected else data.get("reason"),
@@ -153,14 +150,11 @@ class Memory:
             relay = data.get("relay")
             if isinstance(relay, str):
                 opened = bool(data.get("open"))
-                before = self.valves.get(relay)
                 self.valves.put(
                     relay,
                     {
                         "open": opened,
-                        "since": at
-                        if before is None or before["open"] != opened
-                        else before["since"],
+                        "since": _since(self.valves.get(relay), "open", opened, at),
                         "reason": data.get("reason"),
                         "source": data.get("source"),
                     },
@@ -298,3 +292,10 @@ class EventHub:
     @property
     def listeners(self) -> int:
         return len(self._listeners)
+
+
+def _since(before: dict[str, Any] | None, key: str, value: bool, at: float) -> Any:
+    """When ``key`` last became ``value``: now if it just changed."""
+    if before is None or before[key] != value:
+        return at
+    return before["since"]
